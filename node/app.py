@@ -1,0 +1,67 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from node.api import accounts, node_routes
+from node.api.auth import unguarded_routes
+from node.api.errors import error_middleware
+from node.api.keys import CONFIG, METRICS, NODE
+from node.api.metrics import HttpMetrics, metrics_handler, metrics_middleware
+from node.core.config import Config
+from node.core.errors import PluginLoadError
+from node.core.plugins import PluginHost
+from node.core.runtime import open_node, plugin_host_for
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None) -> web.Application:
+    """Build the node's web application. The node itself opens when the app starts (cleanup_ctx).
+
+    Enabled plugins are imported here, so a plugin that fails to load stops the node before it listens.
+    """
+    if plugins is None:
+        plugins = plugin_host_for(config)
+        plugins.load(strict=True)
+    metrics = HttpMetrics()
+    middlewares = [error_middleware, security_headers]
+    if config.metrics.enabled:
+        middlewares.insert(0, metrics_middleware(metrics))
+    app = web.Application(middlewares=middlewares, client_max_size=config.http.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+
+    async def node_context(app: web.Application) -> AsyncIterator[None]:
+        async with open_node(config, migrate=migrate, plugins=plugins) as node:
+            app[NODE] = node
+            yield
+
+    app.cleanup_ctx.append(node_context)
+    app.add_routes(node_routes.routes)
+    app.add_routes(accounts.routes)
+    if config.metrics.enabled:
+        app.router.add_get("/metrics", metrics_handler)
+    for name in plugins.loaded:
+        plugin_routes = web.RouteTableDef()
+        plugins.hook_for(name, "atrium_routes")(routes=plugin_routes)
+        try:
+            app.add_routes(plugin_routes)
+        except (ValueError, RuntimeError) as exc:
+            raise PluginLoadError(f"plugin {name!r} added a route that clashes with another: {exc}") from exc
+    missing = unguarded_routes(app)
+    if missing:
+        raise PluginLoadError("these routes change state but check no credentials "
+                              f"(mark them with requires() or public()): {', '.join(missing)}")
+    return app

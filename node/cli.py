@@ -1,0 +1,460 @@
+"""The `atrium` command.
+
+Every command takes `--data DIR` (default `$ATRIUM_DATA`, else `./atrium-data`). Exit codes: 0 success,
+1 the command failed (the message says why), 2 a usage or configuration error. Commands that print a
+secret print it alone on the last line, so `atrium users add alice | tail -n1` captures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from node import __version__
+from node.api.keys import NODE
+from node.app import create_app
+from node.core.accounts import Accounts, parse_role
+from node.core.config import (CONFIG_FILE, Config, config_from_mapping, load_config, render_template,
+                              resolve_data_dir)
+from node.core.db import Database
+from node.core.errors import AtriumError, ConfigError, InvalidInput, PluginLoadError
+from node.core.files import atomic_write_text
+from node.core.identity import create_identity, load_identity
+from node.core.plugins import PluginHost
+from node.core.runtime import plugin_host_for
+from node.core.tables import utcnow
+from node.logs import ACCESS_LOGGER, AccessLogger, configure_logging
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(AtriumError):
+    """A CLI command cannot go on (exit 1)."""
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- init --------------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data_dir = Path(args.dir) if args.dir else resolve_data_dir(args.data)
+    config_path = data_dir / CONFIG_FILE
+    if config_path.exists():
+        config = load_config(data_dir)
+        identity = load_identity(config.key_path)
+        out(f"{data_dir} already holds a node; nothing changed.")
+        out(f"node id: {identity.node_id}")
+        return 0
+    # The directory holds the key and the password hashes: private to the node's user.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings: dict[str, dict[str, Any]] = {"node": {"name": args.name}, "plugins": {"enabled": []}}
+    # Validate what we are about to write with the same rules `load_config` applies.
+    config = config_from_mapping(data_dir, settings, env={})
+    key_path = config.key_path
+    if key_path.exists():
+        identity = load_identity(key_path)
+    else:
+        identity = create_identity(key_path)
+    atomic_write_text(config_path, render_template(settings), mode=0o644, exclusive=True)
+    config = load_config(data_dir)
+    status = run_async(_upgrade(config))
+    out(f"created a node in {data_dir.resolve()}")
+    out(f"  config:   {config_path}")
+    out(f"  key:      {key_path} (mode 0600; back it up)")
+    out(f"  database: {_describe_db(config)} (schema {status.current})")
+    out("Next: `atrium users add NAME --role admin`, then `atrium serve`.")
+    out(f"node id: {identity.node_id}")
+    return 0
+
+
+async def _upgrade(config: Config) -> Any:
+    db = Database.from_config(config)
+    try:
+        return await db.upgrade()
+    finally:
+        await db.close()
+
+
+def _describe_db(config: Config) -> str:
+    if not config.database.url:
+        return str(config.data_dir / "atrium.db")
+    url = config.database.url
+    # Never print a password from the URL.
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        url = f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.host:
+        config.http.host = args.host
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise ConfigError(f"--port: must be between 0 and 65535; got {args.port}")
+        config.http.port = args.port
+    if args.log_json:
+        config.logging.json = True
+    configure_logging(config.logging.level, json_lines=config.logging.json)
+    return run_async(_serve(config, migrate=args.migrate))
+
+
+async def _serve(config: Config, *, migrate: bool) -> int:
+    app = create_app(config, migrate=migrate)
+    access_log = logging.getLogger(ACCESS_LOGGER) if config.http.access_log else None
+    runner = web.AppRunner(app, access_log=access_log, access_log_class=AccessLogger, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.http.host, config.http.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {config.http.host}:{config.http.port}: {exc.strerror}") from None
+        port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else config.http.port  # type: ignore[union-attr]
+        if config.http.port == 0 or not config.node.public_url:
+            config.http.port = port
+        node = app[NODE]
+        host = config.http.host if ":" not in config.http.host else f"[{config.http.host}]"
+        out(f"Atrium node {node.name!r} is running")
+        out(f"  url:      http://{host}:{port}")
+        out(f"  data:     {config.data_dir.resolve()}")
+        out(f"  node id:  {node.node_id}")
+        out(f"  plugins:  {', '.join(node.plugins.loaded) or 'none'}")
+        out("Press Ctrl+C to stop.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        out("stopping...")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+# -- db ----------------------------------------------------------------------------------------
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        db = Database.from_config(config)
+        try:
+            before = await db.schema_status()
+            if before.up_to_date:
+                out(f"the database schema is up to date ({before.head})")
+                return 0
+            after = await db.upgrade()
+            out(f"upgraded the database schema from {before.current or 'nothing'} to {after.current}")
+            return 0
+        finally:
+            await db.close()
+
+    return run_async(run())
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        db = Database.from_config(config)
+        try:
+            status = await db.schema_status()
+        finally:
+            await db.close()
+        out(f"database: {_describe_db(config)}")
+        out(f"schema:   {status.current or 'none'} (this version needs {status.head})")
+        out("up to date" if status.up_to_date else "out of date: run `atrium db upgrade`")
+        return 0 if status.up_to_date else EXIT_FAILED
+
+    return run_async(run())
+
+
+# -- users and tokens --------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _accounts(config: Config) -> AsyncIterator[Accounts]:
+    db = Database.from_config(config)
+    try:
+        await db.require_current_schema()
+        yield Accounts(db, config.accounts)
+    finally:
+        await db.close()
+
+
+def _read_password(args: argparse.Namespace, prompt: str = "Password: ") -> str | None:
+    if getattr(args, "password_stdin", False):
+        line = sys.stdin.readline()
+        if not line:
+            raise InvalidInput("--password-stdin: nothing on standard input")
+        return line.rstrip("\r\n")
+    if getattr(args, "password", False):
+        if not sys.stdin.isatty():
+            raise InvalidInput("--password needs a terminal; use --password-stdin in scripts")
+        first = getpass.getpass(prompt)
+        if getpass.getpass("Again: ") != first:
+            raise InvalidInput("the two passwords differ")
+        return first
+    return None
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    config = _config(args)
+    role = parse_role(args.role)
+    password = _read_password(args)
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            user = await accounts.create_user(args.name, role=role, password=password, email=args.email)
+            out(f"created user {user.username} ({user.role})")
+            if args.no_token:
+                return 0
+            issued = await accounts.issue_token(user, args.token_name, expires_in_days=args.expires_days)
+            out(f"API token {issued.record.prefix}... (id {issued.record.id}; shown once, keep it secret):")
+            out(issued.secret)
+        return 0
+
+    return run_async(run())
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            users = await accounts.list_users()
+        rows = [(str(u.id), u.username, u.role, "disabled" if u.disabled else "active",
+                 "yes" if u.password_hash else "no", u.created_at.strftime("%Y-%m-%d")) for u in users]
+        _table(("ID", "USERNAME", "ROLE", "STATE", "PASSWORD", "CREATED"), rows)
+        return 0
+
+    return run_async(run())
+
+
+def cmd_users_update(args: argparse.Namespace) -> int:
+    config = _config(args)
+    changes: dict[str, Any] = {}
+    if args.users_command == "set-role":
+        changes["role"] = parse_role(args.role)
+    elif args.users_command in ("disable", "enable"):
+        changes["disabled"] = args.users_command == "disable"
+    elif args.users_command == "passwd":
+        password = _read_password(args, f"New password for {args.name}: ")
+        if password is None:
+            raise InvalidInput("give the new password with --password (asks) or --password-stdin")
+        changes["password"] = password
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            user = await accounts.update_user(args.name, **changes)
+        out(f"{user.username}: role {user.role}, {'disabled' if user.disabled else 'active'}")
+        return 0
+
+    return run_async(run())
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            user = await accounts.get_user(args.user)
+            issued = await accounts.issue_token(user, args.name, expires_in_days=args.expires_days)
+        expiry = issued.record.expires_at.strftime("%Y-%m-%d %H:%M UTC") if issued.record.expires_at else "never"
+        out(f"API token {issued.record.prefix}... (id {issued.record.id}) for {user.username}, expires {expiry}; "
+            "shown once, keep it secret:")
+        out(issued.secret)
+        return 0
+
+    return run_async(run())
+
+
+def cmd_tokens_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            users = [await accounts.get_user(args.user)] if args.user else await accounts.list_users()
+            rows = []
+            for user in users:
+                for t in await accounts.list_tokens(user):
+                    state = ("revoked" if t.revoked_at else
+                             "expired" if t.expires_at and t.expires_at <= utcnow() else "active")
+                    rows.append((str(t.id), user.username, t.name, t.prefix + "...", state,
+                                 t.expires_at.strftime("%Y-%m-%d") if t.expires_at else "never",
+                                 t.last_used_at.strftime("%Y-%m-%d %H:%M") if t.last_used_at else "never"))
+        _table(("ID", "USER", "NAME", "PREFIX", "STATE", "EXPIRES", "LAST USED"), rows)
+        return 0
+
+    return run_async(run())
+
+
+def cmd_tokens_revoke(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _accounts(config) as accounts:
+            # Whoever holds the data directory runs the node: no actor, any token.
+            token = await accounts.revoke_token(args.id)
+        out(f"revoked token {token.id} ({token.name})")
+        return 0
+
+    return run_async(run())
+
+
+# -- plugins and config ------------------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = _config(args)
+    host: PluginHost = plugin_host_for(config)
+    rows = []
+    for info in host.info():
+        rows.append((info.name, info.state, info.distribution, info.error or info.summary or info.target))
+    if not rows:
+        out("no plugins are installed")
+        return 0
+    _table(("NAME", "STATE", "PACKAGE", "DETAIL"), rows)
+    return EXIT_FAILED if any(r[1] == "failed" for r in rows) else 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _config(args)
+    load_identity(config.key_path)
+    host = plugin_host_for(config)
+    host.load(strict=True)
+    out(f"{config.config_path}: OK")
+    return 0
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(resolve_data_dir(args.data))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        out("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> Any:
+    return asyncio.run(coro)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", metavar="DIR", default=argparse.SUPPRESS,
+                        help="the node's data directory (default: $ATRIUM_DATA, else ./atrium-data)")
+    parser = argparse.ArgumentParser(prog="atrium", description="Run and manage an Atrium node.",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"atrium {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str,
+                parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    p = command("init", cmd_init, "create a data directory with a commented node.toml, a key and a database")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="the data directory (default: --data)")
+    p.add_argument("--name", default="atrium", help="the node's short name (AIR source); default: atrium")
+
+    p = command("serve", cmd_serve, "run the node's HTTP server until Ctrl+C or SIGTERM")
+    p.add_argument("--host", help="listen address (overrides http.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides http.port; 0 picks a free one)")
+    p.add_argument("--migrate", action="store_true", help="apply pending database migrations first")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+
+    db = sub.add_parser("db", help="database schema", parents=[common]).add_subparsers(
+        dest="db_command", required=True, metavar="ACTION")
+    command("upgrade", cmd_db_upgrade, "apply pending migrations", db)
+    command("status", cmd_db_status, "show the schema revision (exit 1 when out of date)", db)
+
+    users = sub.add_parser("users", help="user accounts", parents=[common]).add_subparsers(
+        dest="users_command", required=True, metavar="ACTION")
+    p = command("add", cmd_users_add, "create a user and print an API token for it", users)
+    p.add_argument("name")
+    p.add_argument("--role", default="member", help="admin, moderator, creator or member (default)")
+    p.add_argument("--email")
+    p.add_argument("--password", action="store_true", help="ask for a password at the terminal")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    p.add_argument("--token-name", default="cli", help="name of the API token (default: cli)")
+    p.add_argument("--expires-days", type=int, help="the token expires after this many days")
+    p.add_argument("--no-token", action="store_true", help="do not create an API token")
+    command("list", cmd_users_list, "list users", users)
+    p = command("set-role", cmd_users_update, "change a user's role", users)
+    p.add_argument("name")
+    p.add_argument("role")
+    for action, text in (("disable", "disable a user (their tokens stop working)"), ("enable", "enable a user")):
+        command(action, cmd_users_update, text, users).add_argument("name")
+    p = command("passwd", cmd_users_update, "set a user's password", users)
+    p.add_argument("name")
+    p.add_argument("--password", action="store_true", help="ask for it at the terminal")
+    p.add_argument("--password-stdin", action="store_true", help="read it from standard input")
+
+    tokens = sub.add_parser("tokens", help="API tokens", parents=[common]).add_subparsers(
+        dest="tokens_command", required=True, metavar="ACTION")
+    p = command("create", cmd_tokens_create, "create an API token for a user and print it", tokens)
+    p.add_argument("user")
+    p.add_argument("--name", default="cli", help="a name to tell the token apart (default: cli)")
+    p.add_argument("--expires-days", type=int, help="the token expires after this many days")
+    p = command("list", cmd_tokens_list, "list API tokens (never their secrets)", tokens)
+    p.add_argument("user", nargs="?")
+    p = command("revoke", cmd_tokens_revoke, "revoke an API token by id", tokens)
+    p.add_argument("id", type=int)
+
+    command("plugins", cmd_plugins, "list installed plugins: available, enabled, or failed (with the reason)")
+
+    config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
+        dest="config_command", required=True, metavar="ACTION")
+    command("check", cmd_config_check, "validate node.toml, the key file and the enabled plugins", config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "data"):
+        args.data = None
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"atrium: config error: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except PluginLoadError as exc:
+        print(f"atrium: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except AtriumError as exc:
+        print(f"atrium: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The node's domain: everything here is free of HTTP."""

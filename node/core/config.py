@@ -1,0 +1,412 @@
+"""The node's configuration: `node.toml` in the data directory, with environment overrides.
+
+Every key is declared once, here, as a dataclass field whose metadata carries its documentation.
+The commented `node.toml` that `atrium init` writes and the reference in docs/configuration.md
+are both checked against these declarations, so a key cannot exist without being documented.
+
+Environment variables `ATRIUM_<SECTION>_<KEY>` (e.g. `ATRIUM_HTTP_PORT=9000`) override the file.
+Any problem is reported as a `ConfigError` whose message names the key and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node.core.errors import ConfigError
+
+CONFIG_FILE = "node.toml"
+DEFAULT_DATA_DIR = "atrium-data"
+ENV_PREFIX = "ATRIUM_"
+# Variables with the prefix that are not config overrides.
+ENV_NOT_OVERRIDES = frozenset({"ATRIUM_DATA", "ATRIUM_NODE", "ATRIUM_TOKEN"})
+
+NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def key(default: Any, doc: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None,
+        maximum: int | None = None, pattern: re.Pattern[str] | None = None,
+        pattern_hint: str = "") -> Any:
+    """Declare one config key with its default value and one-paragraph documentation."""
+    meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum,
+            "pattern": pattern, "pattern_hint": pattern_hint}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class NodeSection:
+    """Who this node is."""
+
+    name: str = key("atrium", "Short name of this node: lowercase letters, digits and dashes. It is the "
+                    "source part of the AIRs of models published here (urn:air:sd1:lora:NAME:12@34), so "
+                    "choose it once.", pattern=NODE_NAME_RE,
+                    pattern_hint="1-63 lowercase letters, digits and dashes, starting with a letter or digit")
+    description: str = key("", "One line about this node's community, shown in its node document.")
+    public_url: str = key("", "The URL people and other nodes use to reach this node, e.g. "
+                          "https://models.example.org. Empty: http://HOST:PORT of the [http] section.")
+
+
+@dataclass
+class HttpSection:
+    """The HTTP server."""
+
+    host: str = key("127.0.0.1", "Address `atrium serve` listens on (`--host` overrides it). Use 0.0.0.0 "
+                    "to listen on every interface.")
+    port: int = key(8000, "TCP port `atrium serve` listens on (`--port` overrides it).",
+                    minimum=1, maximum=65535)
+    max_body_bytes: int = key(1_048_576, "Largest request body accepted by ordinary API routes, in bytes; "
+                              "larger bodies get 413. File uploads have their own limits.",
+                              minimum=1024)
+    access_log: bool = key(True, "Log one line per HTTP request.")
+
+
+@dataclass
+class DatabaseSection:
+    """Where the catalog, accounts and jobs live."""
+
+    url: str = key("", "Database URL. Empty: SQLite in atrium.db in the data directory. For PostgreSQL: "
+                   "postgresql://USER:PASSWORD@HOST:PORT/DBNAME.")
+    busy_timeout_ms: int = key(5000, "SQLite only: how long a write waits for another writer before it "
+                               "fails, in milliseconds.", minimum=0)
+    pool_size: int = key(5, "PostgreSQL only: connections kept open per node process.", minimum=1,
+                         maximum=1000)
+    echo: bool = key(False, "Log every SQL statement (for debugging; very verbose).")
+
+
+@dataclass
+class IdentitySection:
+    """The node's signing key."""
+
+    key_file: str = key("node.key", "The node's Ed25519 private key (PEM, PKCS#8), relative to the data "
+                        "directory unless absolute. `atrium init` creates it with mode 0600. It signs "
+                        "manifests and the federation log: back it up and keep it secret.")
+
+
+@dataclass
+class AccountsSection:
+    """User accounts, passwords and API tokens."""
+
+    registration: str = key("closed", "Who may create an account through the API: `open` (anyone) or "
+                            "`closed` (only admins, with `atrium users add` or the admin API).",
+                            choices=("open", "closed"))
+    min_password_length: int = key(10, "Shortest password accepted.", minimum=8, maximum=1024)
+    token_max_days: int = key(0, "Longest lifetime a user may give an API token, in days; 0 allows tokens "
+                              "that never expire.", minimum=0)
+    argon2_memory_kib: int = key(65536, "Memory used to hash one password with Argon2id, in KiB. More "
+                                 "memory makes stolen hashes costlier to crack.", minimum=8192)
+    argon2_time_cost: int = key(3, "Argon2id passes over that memory.", minimum=1, maximum=100)
+    login_attempts_per_minute: int = key(10, "Failed password logins allowed per user name and per client "
+                                         "address in one minute before further attempts get 429.",
+                                         minimum=1)
+
+
+@dataclass
+class LoggingSection:
+    """What the node writes to its log (standard error)."""
+
+    level: str = key("info", "Lowest level logged: debug, info, warning or error.", choices=LOG_LEVELS)
+    json: bool = key(False, "Write one JSON object per line instead of readable lines "
+                     "(`atrium serve --log-json` sets it too).")
+
+
+@dataclass
+class MetricsSection:
+    """Prometheus metrics."""
+
+    enabled: bool = key(True, "Serve Prometheus metrics at GET /metrics (requests and latencies by route).")
+
+
+@dataclass
+class PluginsSection:
+    """Which plugins run on this node. Each plugin may have a table `[plugins.NAME]` of its own."""
+
+    enabled: list[str] = key([], "Names of the plugins to load, e.g. [\"generation\", \"bounties\"]. "
+                             "`atrium plugins` lists the installed ones. A plugin not listed is never "
+                             "imported; one listed that fails to load stops the node.")
+
+
+SECTIONS: dict[str, type] = {
+    "node": NodeSection,
+    "http": HttpSection,
+    "database": DatabaseSection,
+    "identity": IdentitySection,
+    "accounts": AccountsSection,
+    "logging": LoggingSection,
+    "metrics": MetricsSection,
+    "plugins": PluginsSection,
+}
+
+
+@dataclass
+class Config:
+    """The whole, validated configuration of one node."""
+
+    data_dir: Path
+    node: NodeSection = field(default_factory=NodeSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    identity: IdentitySection = field(default_factory=IdentitySection)
+    accounts: AccountsSection = field(default_factory=AccountsSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    plugins: PluginsSection = field(default_factory=PluginsSection)
+    # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
+    plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / CONFIG_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / self.identity.key_file
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL of the database."""
+        return async_database_url(self.database.url, self.data_dir)
+
+    @property
+    def public_url(self) -> str:
+        if self.node.public_url:
+            return self.node.public_url.rstrip("/")
+        host = self.http.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http.port}"
+
+    def plugin_table(self, name: str) -> dict[str, Any]:
+        """The raw `[plugins.NAME]` table (empty when absent)."""
+        return dict(self.plugin_tables.get(name, {}))
+
+
+def async_database_url(url: str, data_dir: Path) -> str:
+    """Turn a configured database URL into one with an async driver."""
+    if not url:
+        return f"sqlite+aiosqlite:///{(data_dir / 'atrium.db').resolve()}"
+    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                          ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ConfigError(f"database.url: unsupported database {url.split(':', 1)[0]!r}; "
+                      "use postgresql://... or leave it empty for SQLite")
+
+
+def resolve_data_dir(given: str | os.PathLike[str] | None, env: Mapping[str, str] = os.environ) -> Path:
+    """`--data DIR`, else `$ATRIUM_DATA`, else `./atrium-data`."""
+    return Path(given or env.get("ATRIUM_DATA") or DEFAULT_DATA_DIR)
+
+
+def load_config(data_dir: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read and validate `node.toml` in `data_dir`, then apply `ATRIUM_*` overrides from `env`."""
+    path = data_dir / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no node.toml here; run `atrium init {data_dir}` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_mapping(data_dir, raw, env, where=CONFIG_FILE)
+
+
+def config_from_mapping(data_dir: Path, raw: Mapping[str, Any], env: Mapping[str, str] = os.environ,
+                        where: str = CONFIG_FILE) -> Config:
+    """Validate an already-parsed TOML document (plus environment overrides) into a Config."""
+    config = Config(data_dir=data_dir)
+    for section_name, table in raw.items():
+        if section_name not in SECTIONS:
+            raise ConfigError(f"{where}: [{section_name}]: unknown section "
+                              f"(known: {', '.join(SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {section_name}: expected a table [{section_name}]")
+        table = dict(table)
+        if section_name == "plugins":
+            config.plugin_tables = {name: value for name, value in table.items() if isinstance(value, dict)}
+            table = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        setattr(config, section_name, parse_table(SECTIONS[section_name], table, f"{where}: {section_name}"))
+    _apply_env(config, env)
+    return config
+
+
+def parse_table(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Validate a TOML table against a dataclass declared with `key(...)` fields.
+
+    Plugins use this for their own `[plugins.NAME]` table. Unknown keys and values of the wrong
+    type raise ConfigError naming `where.key`.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    field_types = _field_types(cls)
+    values: dict[str, Any] = {}
+    for name, value in table.items():
+        f = fields.get(name)
+        if f is None:
+            raise ConfigError(f"{where}.{name}: unknown key (known: {', '.join(fields) or 'none'})")
+        values[name] = _check_value(f, field_types[name], value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> one of bool, int, float, str, list (for list[str])."""
+    return {name: list if typing.get_origin(tp) is list else tp
+            for name, tp in typing.get_type_hints(cls).items()}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return "a list of strings"
+
+
+def _check_value(f: dataclasses.Field[Any], tp: Any, value: Any, where: str) -> Any:
+    ok = (isinstance(value, bool) if tp is bool
+          else isinstance(value, int) and not isinstance(value, bool) if tp is int
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float
+          else isinstance(value, str) if tp is str
+          else isinstance(value, list) and all(isinstance(v, str) for v in value))
+    if not ok:
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ConfigError(f"{where}: must be at least {meta['minimum']}; got {value!r}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ConfigError(f"{where}: must be at most {meta['maximum']}; got {value!r}")
+    if meta.get("pattern") is not None and not meta["pattern"].match(value):
+        raise ConfigError(f"{where}: must be {meta['pattern_hint']}; got {value!r}")
+    return list(value) if isinstance(value, list) else value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_env_string(tp: Any, text: str, where: str) -> Any:
+    if tp is bool:
+        low = text.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {text!r}")
+    if tp is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {text!r}") from None
+    if tp is str:
+        return text
+    if text.strip().startswith("["):
+        try:
+            return tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: not a valid list: {exc}") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> None:
+    for var, text in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or var in ENV_NOT_OVERRIDES:
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section_name = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section_name is None:
+            continue  # not ours: e.g. ATRIUM_TEST_* used by test suites
+        key_name = rest[len(section_name) + 1:]
+        section = getattr(config, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        if key_name not in fields:
+            raise ConfigError(f"{var}: no key {section_name}.{key_name} "
+                              f"(known: {', '.join(fields)})")
+        tp = _field_types(type(section))[key_name]
+        value = _from_env_string(tp, text, var)
+        setattr(section, key_name, _check_value(fields[key_name], tp, value, var))
+
+
+def documented_keys() -> list[tuple[str, str, Any, str]]:
+    """(section, key, default, doc) for every key, in declaration order."""
+    rows = []
+    for section_name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((section_name, f.name, default, f.metadata["doc"]))
+    return rows
+
+
+def toml_value(value: Any) -> str:
+    """Render a default value as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def render_template(settings: Mapping[str, Mapping[str, Any]]) -> str:
+    """The commented node.toml written by `atrium init`.
+
+    Keys named in `settings` are written live; every other key is written commented out with its
+    default, so the file documents every option without pinning defaults.
+    """
+    lines = ["# Atrium node configuration. Every key is documented here and in docs/configuration.md.",
+             "# Environment variables ATRIUM_<SECTION>_<KEY> override these values.", ""]
+    for section_name, cls in SECTIONS.items():
+        doc = (cls.__doc__ or "").strip()
+        lines.append(f"[{section_name}]")
+        lines.extend(f"# {line}" for line in _wrap(doc))
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            lines.extend(f"# {line}" for line in _wrap(f.metadata["doc"]))
+            if f.name in settings.get(section_name, {}):
+                lines.append(f"{f.name} = {toml_value(settings[section_name][f.name])}")
+            else:
+                lines.append(f"#{f.name} = {toml_value(default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        lines.append(line)
+    return lines
+
+
+__all__ = ["Config", "ConfigError", "load_config", "parse_table", "render_template", "resolve_data_dir",
+           "documented_keys", "key", "SECTIONS"]

@@ -1,0 +1,158 @@
+"""The database: async engine and sessions, SQLite pragmas, and the Alembic migration history.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout and foreign keys on; PostgreSQL is
+used by URL. Both share one migration history in node/core/migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError, DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from node.core.config import Config
+from node.core.errors import ConfigError, SchemaOutOfDate
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where the database's schema stands against this version of the code."""
+
+    current: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.current == self.head
+
+
+def alembic_config() -> AlembicConfig:
+    """An Alembic config for the project's migrations (no alembic.ini needed)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migration history is empty"
+    return head
+
+
+class Database:
+    """One engine and its session factory."""
+
+    def __init__(self, url: str, *, busy_timeout_ms: int = 5000, pool_size: int = 5, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        if url.startswith("postgresql"):
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            _configure_sqlite(self.engine, busy_timeout_ms)
+        self.sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Database:
+        url = config.database_url
+        if url.startswith("sqlite"):
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(url, busy_timeout_ms=config.database.busy_timeout_ms,
+                   pool_size=config.database.pool_size, echo=config.database.echo)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session; commit explicitly, it rolls back on error and is closed on exit."""
+        async with self.sessionmaker() as session:
+            yield session
+
+    async def schema_status(self) -> SchemaStatus:
+        """The applied and the newest migration revision."""
+        async with self._connect() as conn:
+            current = await conn.run_sync(
+                lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision())
+        return SchemaStatus(current=current, head=head_revision())
+
+    async def require_current_schema(self) -> None:
+        """Raise SchemaOutOfDate unless every migration has been applied."""
+        status = await self.schema_status()
+        if status.up_to_date:
+            return
+        if status.current is None:
+            raise SchemaOutOfDate("the database has no schema yet: run `atrium db upgrade` "
+                                  "(or start with `atrium serve --migrate`)")
+        raise SchemaOutOfDate(f"the database schema is at {status.current} but this version of Atrium needs "
+                              f"{status.head}: back up the database, then run `atrium db upgrade` "
+                              "(or start with `atrium serve --migrate`)")
+
+    async def upgrade(self, revision: str = "head") -> SchemaStatus:
+        """Apply migrations up to `revision` in one transaction; returns the new status."""
+        async with self._connect() as conn:
+            await conn.run_sync(_run_upgrade, revision)
+            await conn.commit()
+        return await self.schema_status()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[Any]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError, OSError) as exc:
+            if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
+                raise
+            raise ConfigError(f"database.url: cannot open the database: {_short(exc)}") from None
+
+
+def _run_upgrade(sync_conn: Connection, revision: str) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, revision)
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    return exc.connection_invalidated or isinstance(exc, OperationalError) or "connect" in str(exc).lower()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin (pysqlite's own
+        # handling breaks SAVEPOINT and transactional DDL).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")

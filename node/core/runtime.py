@@ -1,0 +1,75 @@
+"""The running node: configuration, identity, database, accounts and plugins, opened and closed together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from node import __version__
+from node.core.accounts import Accounts
+from node.core.config import Config
+from node.core.db import Database
+from node.core.identity import NodeIdentity, load_identity
+from node.core.plugins import PluginHost
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Node:
+    """What plugins and handlers are given: the node's services."""
+
+    config: Config
+    identity: NodeIdentity
+    db: Database
+    accounts: Accounts
+    plugins: PluginHost
+    version: str = __version__
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    @property
+    def name(self) -> str:
+        return self.config.node.name
+
+
+def plugin_host_for(config: Config) -> PluginHost:
+    """A plugin host for the config's enabled plugins, names checked (nothing imported yet)."""
+    host = PluginHost(config.plugins.enabled)
+    host.check_names(config.plugin_tables)
+    return host
+
+
+@asynccontextmanager
+async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None) -> AsyncIterator[Node]:
+    """Open everything a node needs, run the plugins' startup hooks, and close it all on exit.
+
+    Raises ConfigError (bad key file, unreachable database), SchemaOutOfDate (unless `migrate`)
+    and PluginLoadError before anything is started.
+    """
+    identity = load_identity(config.key_path)
+    if plugins is None:
+        plugins = plugin_host_for(config)
+        plugins.load(strict=True)
+    db = Database.from_config(config)
+    started: list[str] = []
+    node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins)
+    try:
+        if migrate:
+            status = await db.upgrade()
+            log.info("database schema at %s", status.current)
+        else:
+            await db.require_current_schema()
+        for name in plugins.loaded:
+            await plugins.call_each("atrium_startup", [name], node=node)
+            started.append(name)
+        yield node
+    finally:
+        try:
+            await plugins.call_each("atrium_shutdown", list(reversed(started)), node=node)
+        finally:
+            await db.close()

@@ -1,0 +1,1 @@
+"""Bounties with escrow on the node's ledger."""
