@@ -18,11 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from aiohttp import web
-
 from node import __version__
-from node.api.keys import NODE
-from node.app import create_app
 from node.core.accounts import Accounts, parse_role
 from node.core.config import (CONFIG_FILE, Config, config_from_mapping, load_config, render_template,
                               resolve_data_dir)
@@ -33,7 +29,6 @@ from node.core.identity import create_identity, load_identity
 from node.core.plugins import PluginHost
 from node.core.runtime import plugin_host_for
 from node.core.tables import utcnow
-from node.logs import ACCESS_LOGGER, AccessLogger, configure_logging
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -114,11 +109,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.http.port = args.port
     if args.log_json:
         config.logging.json = True
+    from node.logs import configure_logging  # the web stack is imported only by the command that serves
+
     configure_logging(config.logging.level, json_lines=config.logging.json)
     return run_async(_serve(config, migrate=args.migrate))
 
 
 async def _serve(config: Config, *, migrate: bool) -> int:
+    from aiohttp import web
+
+    from node.api.keys import NODE
+    from node.app import create_app
+    from node.logs import ACCESS_LOGGER, AccessLogger
+
     app = create_app(config, migrate=migrate)
     access_log = logging.getLogger(ACCESS_LOGGER) if config.http.access_log else None
     runner = web.AppRunner(app, access_log=access_log, access_log_class=AccessLogger, handle_signals=False)

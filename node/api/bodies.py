@@ -26,9 +26,11 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         raise InvalidInput("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("the request body is not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 

@@ -1,0 +1,80 @@
+"""The migration history builds the schema the code expects, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from node.core.config import async_database_url
+from node.core.db import Database, head_revision
+from node.core.errors import ConfigError, SchemaOutOfDate
+from node.core.tables import metadata
+
+
+async def test_upgrade_from_nothing_reaches_head_and_matches_the_tables(database_url: str, tmp_path: Path) -> None:
+    db = Database(async_database_url(database_url, tmp_path))
+    try:
+        assert (await db.schema_status()).current is None
+        status = await db.upgrade()
+        assert status.current == head_revision() and status.up_to_date
+        async with db.engine.connect() as conn:
+            diff = await conn.run_sync(lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True}), metadata))
+        assert diff == [], f"tables and migrations disagree: {diff}"
+    finally:
+        await db.close()
+
+
+async def test_upgrade_twice_is_harmless(database_url: str, tmp_path: Path) -> None:
+    db = Database(async_database_url(database_url, tmp_path))
+    try:
+        await db.upgrade()
+        status = await db.upgrade()
+        assert status.up_to_date
+    finally:
+        await db.close()
+
+
+async def test_an_unmigrated_database_is_refused_with_the_command_to_run(database_url: str, tmp_path: Path) -> None:
+    db = Database(async_database_url(database_url, tmp_path))
+    try:
+        with pytest.raises(SchemaOutOfDate, match="atrium db upgrade"):
+            await db.require_current_schema()
+    finally:
+        await db.close()
+
+
+async def test_an_older_schema_is_refused_naming_both_revisions(database_url: str, tmp_path: Path) -> None:
+    db = Database(async_database_url(database_url, tmp_path))
+    try:
+        await db.upgrade()
+        async with db.engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+        with pytest.raises(SchemaOutOfDate, match=f"at older but this version of Atrium needs {head_revision()}"):
+            await db.require_current_schema()
+    finally:
+        await db.close()
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys_and_a_busy_timeout(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", busy_timeout_ms=1234)
+    try:
+        async with db.engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+            assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 1234
+    finally:
+        await db.close()
+
+
+async def test_an_unreachable_postgresql_is_a_config_error_naming_database_url() -> None:
+    db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(ConfigError, match="database.url: cannot open the database"):
+            await db.schema_status()
+    finally:
+        await db.close()
