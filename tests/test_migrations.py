@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from node.core.config import async_database_url
-from node.core.db import Database, head_revision
+from node.core.db import SCHEMA_HEAD, Database, alembic_head, declared_in_tables
 from node.core.errors import ConfigError, SchemaOutOfDate
 from node.core.tables import metadata
 
@@ -20,13 +20,18 @@ async def test_upgrade_from_nothing_reaches_head_and_matches_the_tables(database
     try:
         assert (await db.schema_status()).current is None
         status = await db.upgrade()
-        assert status.current == head_revision() and status.up_to_date
+        assert status.current == SCHEMA_HEAD and status.up_to_date
         async with db.engine.connect() as conn:
             diff = await conn.run_sync(lambda sync: compare_metadata(
-                MigrationContext.configure(sync, opts={"compare_type": True}), metadata))
+                MigrationContext.configure(sync, opts={"compare_type": True, "include_object": declared_in_tables}),
+                metadata))
         assert diff == [], f"tables and migrations disagree: {diff}"
     finally:
         await db.close()
+
+
+def test_the_declared_schema_head_is_alembics_head() -> None:
+    assert SCHEMA_HEAD == alembic_head()
 
 
 async def test_upgrade_twice_is_harmless(database_url: str, tmp_path: Path) -> None:
@@ -54,7 +59,7 @@ async def test_an_older_schema_is_refused_naming_both_revisions(database_url: st
         await db.upgrade()
         async with db.engine.begin() as conn:
             await conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
-        with pytest.raises(SchemaOutOfDate, match=f"at older but this version of Atrium needs {head_revision()}"):
+        with pytest.raises(SchemaOutOfDate, match=f"at older but this version of Atrium needs {SCHEMA_HEAD}"):
             await db.require_current_schema()
     finally:
         await db.close()

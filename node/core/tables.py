@@ -101,3 +101,224 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime | None = timestamp(nullable=True)
     last_used_at: datetime | None = timestamp(nullable=True)
     revoked_at: datetime | None = timestamp(nullable=True)
+
+
+# -- catalog ---------------------------------------------------------------------------------------
+
+
+def json_column(default: Any = None) -> Any:
+    """A JSON column (JSON on SQLite, json on PostgreSQL)."""
+    if callable(default):
+        return Field(default_factory=default, sa_type=sa.JSON, nullable=False)
+    return Field(default=default, sa_type=sa.JSON, nullable=True)
+
+
+class Model(SQLModel, table=True):
+    """A model: what people search for; its versions hold the files."""
+
+    __tablename__ = "models"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="users.id", ondelete="RESTRICT", index=True)
+    name: str = Field(max_length=255)
+    description: str = Field(default="", sa_type=sa.Text)
+    type: str = Field(max_length=32, index=True)
+    status: str = Field(default="Draft", max_length=16, index=True)
+    mode: str | None = Field(default=None, max_length=16)
+    nsfw_level: int = Field(default=1)
+    allow_no_credit: bool = Field(default=True)
+    allow_commercial_use: list[str] = json_column(lambda: ["Sell"])
+    allow_derivatives: bool = Field(default=True)
+    allow_different_license: bool = Field(default=True)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+    published_at: datetime | None = timestamp(nullable=True, index=True)
+    # Stats, kept in step with reactions, reviews, comments and downloads in the same transaction.
+    download_count: int = Field(default=0, index=True)
+    like_count: int = Field(default=0)
+    dislike_count: int = Field(default=0)
+    comment_count: int = Field(default=0)
+    rating_count: int = Field(default=0)
+    rating_sum: int = Field(default=0)
+    image_count: int = Field(default=0)
+
+
+class Tag(SQLModel, table=True):
+    __tablename__ = "tags"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+
+
+class ModelTag(SQLModel, table=True):
+    __tablename__ = "model_tags"
+
+    model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", primary_key=True)
+    tag_id: int = Field(foreign_key="tags.id", ondelete="CASCADE", primary_key=True, index=True)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_versions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", index=True)
+    name: str = Field(max_length=255)
+    description: str = Field(default="", sa_type=sa.Text)
+    base_model: str = Field(max_length=64, index=True)
+    trained_words: list[str] = json_column(list)
+    clip_skip: int | None = Field(default=None)
+    status: str = Field(default="Draft", max_length=16)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+    published_at: datetime | None = timestamp(nullable=True)
+    download_count: int = Field(default=0)
+    rating_count: int = Field(default=0)
+    rating_sum: int = Field(default=0)
+    thumbs_up_count: int = Field(default=0)
+    thumbs_down_count: int = Field(default=0)
+
+
+class ModelFile(SQLModel, table=True):
+    """A file of a version; its bytes are the blob named by `sha256`."""
+
+    __tablename__ = "model_files"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="model_versions.id", ondelete="CASCADE", index=True)
+    name: str = Field(max_length=255)
+    size: int
+    type: str = Field(default="Model", max_length=32)
+    format: str = Field(default="SafeTensor", max_length=16)
+    fp: str | None = Field(default=None, max_length=8)
+    size_kind: str | None = Field(default=None, max_length=8)
+    primary: bool = Field(default=False)
+    sha256: str = Field(max_length=64, index=True)
+    blake3: str = Field(max_length=64)
+    crc32: str = Field(max_length=8)
+    autov1: str | None = Field(default=None, max_length=8)
+    autov3: str | None = Field(default=None, max_length=64)
+    header_digest: str | None = Field(default=None, max_length=64)
+    file_metadata: dict[str, Any] | None = json_column()
+    pickle_scan_result: str = Field(default="Success", max_length=16)
+    virus_scan_result: str = Field(default="Pending", max_length=16)
+    created_at: datetime = timestamp()
+
+
+class FileHash(SQLModel, table=True):
+    """Every hash of every file, one row each, so a lookup by any hash kind is one index probe."""
+
+    __tablename__ = "file_hashes"
+
+    file_id: int = Field(foreign_key="model_files.id", ondelete="CASCADE", primary_key=True)
+    kind: str = Field(max_length=8, primary_key=True)
+    value: str = Field(max_length=64, index=True)  # lowercase hex
+
+
+class Image(SQLModel, table=True):
+    """An image: an example on a version, a user's post, or a generation result."""
+
+    __tablename__ = "images"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    version_id: int | None = Field(default=None, foreign_key="model_versions.id", ondelete="SET NULL", index=True)
+    sha256: str = Field(max_length=64, index=True)
+    thumbnail_sha256: str | None = Field(default=None, max_length=64)
+    mime: str = Field(max_length=32)
+    width: int
+    height: int
+    size: int
+    nsfw_level: int = Field(default=1)
+    meta: dict[str, Any] | None = json_column()
+    created_at: datetime = timestamp(index=True)
+    like_count: int = Field(default=0)
+    heart_count: int = Field(default=0)
+    laugh_count: int = Field(default=0)
+    cry_count: int = Field(default=0)
+    dislike_count: int = Field(default=0)
+    comment_count: int = Field(default=0)
+
+
+class ImageResource(SQLModel, table=True):
+    """A resource an image says it was made with, linked to a catalog version when a hash matches."""
+
+    __tablename__ = "image_resources"
+
+    id: int | None = Field(default=None, primary_key=True)
+    image_id: int = Field(foreign_key="images.id", ondelete="CASCADE", index=True)
+    version_id: int | None = Field(default=None, foreign_key="model_versions.id", ondelete="SET NULL", index=True)
+    name: str | None = Field(default=None, max_length=255)
+    kind: str = Field(max_length=16)  # checkpoint, lora, embedding, vae...
+    hash: str | None = Field(default=None, max_length=64)
+    weight: float | None = Field(default=None)
+
+
+class Review(SQLModel, table=True):
+    """One review per member and version."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (sa.UniqueConstraint("version_id", "user_id", name="uq_reviews_version_user"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="model_versions.id", ondelete="CASCADE", index=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    rating: int
+    recommended: bool
+    text: str = Field(default="", sa_type=sa.Text)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class ModelReaction(SQLModel, table=True):
+    __tablename__ = "model_reactions"
+
+    model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    reaction: str = Field(max_length=8, primary_key=True)
+    created_at: datetime = timestamp()
+
+
+class ImageReaction(SQLModel, table=True):
+    __tablename__ = "image_reactions"
+
+    image_id: int = Field(foreign_key="images.id", ondelete="CASCADE", primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    reaction: str = Field(max_length=8, primary_key=True)
+    created_at: datetime = timestamp()
+
+
+class Comment(SQLModel, table=True):
+    __tablename__ = "comments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", index=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    text: str = Field(sa_type=sa.Text)
+    created_at: datetime = timestamp()
+
+
+class Upload(SQLModel, table=True):
+    """A resumable upload in progress: bytes so far sit in a part file under the blob store."""
+
+    __tablename__ = "uploads"
+
+    id: str = Field(primary_key=True, max_length=32)
+    owner_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    version_id: int = Field(foreign_key="model_versions.id", ondelete="CASCADE")
+    filename: str = Field(max_length=255)
+    size: int
+    received: int = Field(default=0)
+    file_type: str = Field(default="Model", max_length=32)
+    created_at: datetime = timestamp()
+    updated_at: datetime = timestamp()
+
+
+class ModelSearch(SQLModel, table=True):
+    """The text a model is found by (name, description, tags, trigger words, creator), one row per
+    model, rebuilt whenever any of those change. SQLite indexes it with FTS5, PostgreSQL with a
+    tsvector column; both are created by the migration, not declared here."""
+
+    __tablename__ = "model_search"
+
+    model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", primary_key=True)
+    document: str = Field(sa_type=sa.Text)

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from node.core.db import declared_in_tables
 from node.core.tables import metadata
 
 connection = context.config.attributes.get("connection")
@@ -14,6 +15,7 @@ context.configure(
     # SQLite cannot ALTER most things; batch mode rebuilds tables there and is a no-op elsewhere.
     render_as_batch=True,
     compare_type=True,
+    include_object=declared_in_tables,
 )
 with context.begin_transaction():
     context.run_migrations()
