@@ -84,6 +84,22 @@ class DatabaseSection:
 
 
 @dataclass
+class StorageSection:
+    """Where model files and images are kept, and how big they may be."""
+
+    path: str = key("blobs", "Directory of the content-addressed blob store, relative to the data directory "
+                    "unless absolute. Uploads are assembled in its tmp/ and uploads/ subdirectories, so it must "
+                    "be on one filesystem.")
+    max_file_bytes: int = key(64 * 1024**3, "Largest model file accepted, in bytes (default 64 GiB).",
+                              minimum=1024)
+    max_image_bytes: int = key(32 * 1024**2, "Largest image upload accepted, in bytes (default 32 MiB).",
+                               minimum=1024)
+    max_image_pixels: int = key(64_000_000, "Largest image accepted, in pixels (width x height); larger ones "
+                                "are refused before they are decoded.", minimum=10_000)
+    upload_expiry_hours: int = key(72, "Unfinished resumable uploads older than this are deleted.", minimum=1)
+
+
+@dataclass
 class IdentitySection:
     """The node's signing key."""
 
@@ -139,6 +155,7 @@ SECTIONS: dict[str, type] = {
     "node": NodeSection,
     "http": HttpSection,
     "database": DatabaseSection,
+    "storage": StorageSection,
     "identity": IdentitySection,
     "accounts": AccountsSection,
     "logging": LoggingSection,
@@ -155,6 +172,7 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     http: HttpSection = field(default_factory=HttpSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
+    storage: StorageSection = field(default_factory=StorageSection)
     identity: IdentitySection = field(default_factory=IdentitySection)
     accounts: AccountsSection = field(default_factory=AccountsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -170,6 +188,10 @@ class Config:
     @property
     def key_path(self) -> Path:
         return self.data_dir / self.identity.key_file
+
+    @property
+    def blobs_path(self) -> Path:
+        return self.data_dir / self.storage.path
 
     @property
     def database_url(self) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from node import __version__
 from node.core.accounts import Accounts
+from node.core.blobs import BlobStore
+from node.core.catalog import Catalog
 from node.core.config import Config
 from node.core.db import Database
 from node.core.identity import NodeIdentity, load_identity
@@ -26,6 +28,8 @@ class Node:
     db: Database
     accounts: Accounts
     plugins: PluginHost
+    blobs: BlobStore
+    catalog: Catalog
     version: str = __version__
 
     @property
@@ -57,13 +61,16 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         plugins.load(strict=True)
     db = Database.from_config(config)
     started: list[str] = []
-    node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins)
+    blobs = BlobStore(config.blobs_path)
+    node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
+                blobs=blobs, catalog=Catalog(db, config.node.name))
     try:
         if migrate:
             status = await db.upgrade()
             log.info("database schema at %s", status.current)
         else:
             await db.require_current_schema()
+        blobs.prepare()
         for name in plugins.loaded:
             await plugins.call_each("atrium_startup", [name], node=node)
             started.append(name)

@@ -1,0 +1,306 @@
+"""Finding models: full-text query, filters, the Civitai sorts, and keyset (cursor) pagination.
+
+Text search uses SQLite FTS5 on the embedded default and a tsvector on PostgreSQL. Both treat a
+query the same way: it is split into words, every word must match, and the last word also matches
+as a prefix ("cat sty" finds "cat style"). Results are never ranked by relevance (bm25 ranking
+scans every match and does not scale); they come in the order of the requested sort.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from node.core.db import Database
+from node.core.errors import InvalidInput
+from node.core.tables import Model, ModelFile, ModelSearch, ModelTag, ModelVersion, Tag, User, utcnow
+from node.core.vocabulary import ModelSort, NsfwLevel, Period
+
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 100
+# Civitai refuses page-based requests past this many items: clients must switch to cursors.
+PAGE_ITEM_CAP = 1000
+MAX_QUERY_WORDS = 12
+WORD_RE = re.compile(r"\w+", re.UNICODE)
+SAFE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13)
+VISIBLE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13 | NsfwLevel.R | NsfwLevel.X | NsfwLevel.XXX)
+
+PERIOD_DAYS = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 30, Period.YEAR: 365}
+
+
+class PageCapExceeded(InvalidInput):
+    """page * limit is past the cap: Civitai answers 429 and says to use cursors."""
+
+    code = "page_cap_exceeded"
+
+
+def query_words(text: str) -> list[str]:
+    """The words of a search query: letters and digits only, so FTS and SQL syntax cannot leak in."""
+    words = WORD_RE.findall(text.lower())
+    return words[:MAX_QUERY_WORDS]
+
+
+def fts5_expression(words: list[str]) -> str:
+    """An FTS5 MATCH expression: each word quoted, the last one also as a prefix."""
+    quoted = [f'"{w}"' for w in words]
+    quoted[-1] += "*"
+    return " AND ".join(quoted)
+
+
+def tsquery_expression(words: list[str]) -> str:
+    """The same query for PostgreSQL's to_tsquery('simple', ...)."""
+    parts = [w for w in words]
+    parts[-1] += ":*"
+    return " & ".join(parts)
+
+
+def rating_expr() -> Any:
+    return sa.case((col(Model.rating_count) > 0,
+                    sa.cast(col(Model.rating_sum), sa.Float) / col(Model.rating_count)), else_=0.0)
+
+
+SORT_COLUMNS: dict[ModelSort, tuple[Any, bool]] = {
+    # sort -> (expression, descending)
+    ModelSort.NEWEST: (col(Model.published_at), True),
+    ModelSort.OLDEST: (col(Model.published_at), False),
+    ModelSort.MOST_DOWNLOADED: (col(Model.download_count), True),
+    ModelSort.MOST_LIKED: (col(Model.like_count), True),
+    # Atrium has no collections yet: a like is the nearest thing to collecting a model.
+    ModelSort.MOST_COLLECTED: (col(Model.like_count), True),
+    ModelSort.MOST_DISCUSSED: (col(Model.comment_count), True),
+    ModelSort.MOST_IMAGES: (col(Model.image_count), True),
+}
+
+
+@dataclass
+class ModelQuery:
+    """The parameters of `GET /api/v1/models`, already parsed."""
+
+    limit: int = DEFAULT_LIMIT
+    page: int | None = None
+    cursor: str | None = None
+    query: str | None = None
+    tag: str | None = None
+    username: str | None = None
+    types: list[str] = field(default_factory=list)
+    base_models: list[str] = field(default_factory=list)
+    sort: ModelSort = ModelSort.HIGHEST_RATED
+    period: Period = Period.ALL_TIME
+    nsfw: bool | None = None
+    browsing_level: int = VISIBLE_LEVELS
+    ids: list[int] = field(default_factory=list)
+    allow_no_credit: bool | None = None
+    allow_derivatives: bool | None = None
+    allow_different_license: bool | None = None
+    allow_commercial_use: list[str] = field(default_factory=list)
+    hash: str | None = None
+
+    def check(self) -> None:
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise InvalidInput(f"limit: must be from 1 to {MAX_LIMIT}")
+        if self.page is not None:
+            if self.page < 1:
+                raise InvalidInput("page: must be 1 or more")
+            if self.cursor is not None:
+                raise InvalidInput("give either page or cursor, not both")
+            if self.page * self.limit > PAGE_ITEM_CAP:
+                raise PageCapExceeded(f"page * limit may not exceed {PAGE_ITEM_CAP}; use the cursor from "
+                                      "metadata.nextCursor to go further")
+
+
+@dataclass
+class ModelPage:
+    """One page of model ids in order, with what the client needs to fetch the next."""
+
+    ids: list[int]
+    next_cursor: str | None
+    total: int | None = None
+
+
+def encode_cursor(value: Any, model_id: int) -> str:
+    if hasattr(value, "isoformat"):
+        value = {"t": value.isoformat()}
+    raw = json.dumps([value, model_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, int]:
+    from datetime import datetime
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value, model_id = json.loads(raw)
+        if isinstance(value, dict):
+            value = datetime.fromisoformat(value["t"])
+        if not isinstance(model_id, int):
+            raise ValueError
+        return value, model_id
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidInput("cursor: not a cursor this node gave out") from None
+
+
+def _base_query(q: ModelQuery, dialect: str) -> Any:
+    stmt = select(Model.id).where(Model.status == "Published")
+    if q.query:
+        words = query_words(q.query)
+        if words:
+            if dialect == "sqlite":
+                fts = sa.text("SELECT rowid FROM model_search_fts WHERE model_search_fts MATCH :expr") \
+                    .bindparams(expr=fts5_expression(words)).columns(sa.column("rowid"))
+                stmt = stmt.where(col(Model.id).in_(fts))
+            else:
+                match = sa.text("tsv @@ to_tsquery('simple', :expr)").bindparams(expr=tsquery_expression(words))
+                stmt = stmt.where(col(Model.id).in_(select(ModelSearch.model_id).where(match)))
+    if q.tag:
+        stmt = stmt.where(col(Model.id).in_(
+            select(ModelTag.model_id).join(Tag, col(Tag.id) == col(ModelTag.tag_id))
+            .where(Tag.name == " ".join(q.tag.strip().lower().split()))))
+    if q.username:
+        stmt = stmt.where(col(Model.owner_id).in_(select(User.id).where(User.username_key == q.username.lower())))
+    if q.types:
+        stmt = stmt.where(col(Model.type).in_(q.types))
+    if q.base_models:
+        stmt = stmt.where(col(Model.id).in_(
+            select(ModelVersion.model_id).where(col(ModelVersion.base_model).in_(q.base_models),
+                                                ModelVersion.status == "Published")))
+    if q.ids:
+        stmt = stmt.where(col(Model.id).in_(q.ids))
+    if q.hash:
+        from node.core.tables import FileHash
+
+        stmt = stmt.where(col(Model.id).in_(
+            select(ModelVersion.model_id).join(ModelFile, col(ModelFile.version_id) == col(ModelVersion.id))
+            .join(FileHash, col(FileHash.file_id) == col(ModelFile.id)).where(FileHash.value == q.hash.lower())))
+    levels = q.browsing_level & (SAFE_LEVELS if q.nsfw is False else VISIBLE_LEVELS)
+    stmt = stmt.where(col(Model.nsfw_level).op("&")(levels) != 0)
+    for flag in ("allow_no_credit", "allow_derivatives", "allow_different_license"):
+        value = getattr(q, flag)
+        if value is not None:
+            stmt = stmt.where(getattr(Model, flag) == value)
+    if q.period != Period.ALL_TIME:
+        stmt = stmt.where(col(Model.published_at) >= utcnow() - timedelta(days=PERIOD_DAYS[q.period]))
+    return stmt
+
+
+async def find_models(db: Database, q: ModelQuery) -> ModelPage:
+    """The ids of the published models matching `q`, in its sort order, one page at a time."""
+    q.check()
+    stmt = _base_query(q, db.dialect)
+    if q.sort == ModelSort.HIGHEST_RATED:
+        key, descending = rating_expr(), True
+    else:
+        key, descending = SORT_COLUMNS[q.sort]
+    if q.cursor is not None:
+        value, last_id = decode_cursor(q.cursor)
+        if descending:
+            stmt = stmt.where(sa.or_(key < value, sa.and_(key == value, col(Model.id) < last_id)))
+        else:
+            stmt = stmt.where(sa.or_(key > value, sa.and_(key == value, col(Model.id) > last_id)))
+    order = [key.desc(), col(Model.id).desc()] if descending else [key.asc(), col(Model.id).asc()]
+    stmt = stmt.add_columns(key).order_by(*order).limit(q.limit + 1)
+    if q.page is not None:
+        stmt = stmt.offset((q.page - 1) * q.limit)
+    async with db.session() as session:
+        rows = (await session.exec(stmt)).all()
+        total = None
+        if q.page is not None:
+            count_stmt = select(sa.func.count()).select_from(_base_query(q, db.dialect).subquery())
+            total = (await session.exec(count_stmt)).one()
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
+    return ModelPage(ids=[row[0] for row in rows], next_cursor=next_cursor, total=total)
+
+
+@dataclass
+class ImageQuery:
+    """The parameters of `GET /api/v1/images`, already parsed."""
+
+    limit: int = 100
+    page: int | None = None
+    cursor: str | None = None
+    model_id: int | None = None
+    version_id: int | None = None
+    username: str | None = None
+    sort: str = "Newest"
+    period: Period = Period.ALL_TIME
+    levels: int = VISIBLE_LEVELS
+
+    def check(self) -> None:
+        if not 1 <= self.limit <= 200:
+            raise InvalidInput("limit: must be from 1 to 200")
+        if self.page is not None:
+            if self.page < 1:
+                raise InvalidInput("page: must be 1 or more")
+            if self.page * self.limit > PAGE_ITEM_CAP:
+                raise PageCapExceeded(f"page * limit may not exceed {PAGE_ITEM_CAP}; use the cursor from "
+                                      "metadata.nextCursor to go further")
+
+
+async def find_images(db: Database, q: ImageQuery) -> ModelPage:
+    """Ids of images visible in public listings (their version published, or no version), in sort order."""
+    from node.core.tables import Image
+
+    q.check()
+    published_versions = select(ModelVersion.id).join(Model, col(Model.id) == col(ModelVersion.model_id)).where(
+        ModelVersion.status == "Published", Model.status == "Published", sa.or_(
+            col(Model.mode).is_(None), Model.mode != "TakenDown"))
+    stmt = select(Image.id).where(col(Image.version_id).in_(published_versions),
+                                  col(Image.nsfw_level).op("&")(q.levels) != 0)
+    if q.version_id is not None:
+        stmt = stmt.where(Image.version_id == q.version_id)
+    if q.model_id is not None:
+        stmt = stmt.where(col(Image.version_id).in_(select(ModelVersion.id).where(ModelVersion.model_id == q.model_id)))
+    if q.username:
+        stmt = stmt.where(col(Image.owner_id).in_(select(User.id).where(User.username_key == q.username.lower())))
+    if q.period != Period.ALL_TIME:
+        stmt = stmt.where(col(Image.created_at) >= utcnow() - timedelta(days=PERIOD_DAYS[q.period]))
+    reactions = (col(Image.like_count) + col(Image.heart_count) + col(Image.laugh_count) + col(Image.cry_count))
+    key, descending = {"Most Reactions": (reactions, True), "Most Comments": (col(Image.comment_count), True),
+                       "Oldest": (col(Image.id), False)}.get(q.sort, (col(Image.id), True))
+    if q.cursor is not None:
+        value, last_id = decode_cursor(q.cursor)
+        cmp = (key < value) if descending else (key > value)
+        tie = (col(Image.id) < last_id) if descending else (col(Image.id) > last_id)
+        stmt = stmt.where(sa.or_(cmp, sa.and_(key == value, tie)))
+    order = [key.desc(), col(Image.id).desc()] if descending else [key.asc(), col(Image.id).asc()]
+    stmt = stmt.add_columns(key).order_by(*order).limit(q.limit + 1)
+    if q.page is not None:
+        stmt = stmt.offset((q.page - 1) * q.limit)
+    async with db.session() as session:
+        rows = (await session.exec(stmt)).all()
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    return ModelPage(ids=[r[0] for r in rows], next_cursor=encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None)
+
+
+async def creators_with_models(db: Database, *, query: str | None, page: int, limit: int) -> list[tuple[str, int]]:
+    """(username, published model count), most prolific first; `query` matches part of the name."""
+    stmt = (select(User.username, sa.func.count(col(Model.id)))
+            .join(Model, col(Model.owner_id) == col(User.id))
+            .where(Model.status == "Published").group_by(col(User.username)))
+    if query:
+        stmt = stmt.where(col(User.username_key).contains(query.lower(), autoescape=True))
+    stmt = stmt.order_by(sa.func.count(col(Model.id)).desc(), col(User.username)).offset((page - 1) * limit).limit(limit)
+    async with db.session() as session:
+        return [(name, count) for name, count in (await session.exec(stmt)).all()]
+
+
+async def tags_with_models(db: Database, *, query: str | None, page: int, limit: int) -> list[tuple[str, int]]:
+    """(tag, published model count), most used first; `query` matches part of the tag."""
+    stmt = (select(Tag.name, sa.func.count(col(Model.id)))
+            .join(ModelTag, col(ModelTag.tag_id) == col(Tag.id))
+            .join(Model, col(Model.id) == col(ModelTag.model_id))
+            .where(Model.status == "Published").group_by(col(Tag.name)))
+    if query:
+        stmt = stmt.where(col(Tag.name).contains(query.lower(), autoescape=True))
+    stmt = stmt.order_by(sa.func.count(col(Model.id)).desc(), col(Tag.name)).offset((page - 1) * limit).limit(limit)
+    async with db.session() as session:
+        return [(name, count) for name, count in (await session.exec(stmt)).all()]
