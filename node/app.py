@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -27,6 +28,21 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+def add_plugin_routes(app: web.Application, plugins: PluginHost, name: str) -> None:
+    """Add one plugin's routes; a route the node (or another plugin) already serves is refused."""
+    plugin_routes = web.RouteTableDef()
+    for result in plugins.hook_for(name, "atrium_routes")(routes=plugin_routes):
+        if inspect.isawaitable(result):
+            result.close()  # type: ignore[attr-defined]
+            raise PluginLoadError(f"plugin {name!r}: atrium_routes must be a plain function, not async "
+                                  "(routes are added before the event loop serves anything)")
+    taken = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    for route in plugin_routes:
+        if isinstance(route, web.RouteDef) and (route.method, route.path) in taken:
+            raise PluginLoadError(f"plugin {name!r} adds {route.method} {route.path}, which is already served")
+    app.add_routes(plugin_routes)
+
+
 def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None) -> web.Application:
     """Build the node's web application. The node itself opens when the app starts (cleanup_ctx).
 
@@ -36,7 +52,8 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
         plugins = plugin_host_for(config)
         plugins.load(strict=True)
     metrics = HttpMetrics()
-    middlewares = [error_middleware, security_headers]
+    # security_headers wraps error_middleware so that error answers carry the headers too.
+    middlewares = [security_headers, error_middleware]
     if config.metrics.enabled:
         middlewares.insert(0, metrics_middleware(metrics))
     app = web.Application(middlewares=middlewares, client_max_size=config.http.max_body_bytes)
@@ -54,12 +71,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     for name in plugins.loaded:
-        plugin_routes = web.RouteTableDef()
-        plugins.hook_for(name, "atrium_routes")(routes=plugin_routes)
-        try:
-            app.add_routes(plugin_routes)
-        except (ValueError, RuntimeError) as exc:
-            raise PluginLoadError(f"plugin {name!r} added a route that clashes with another: {exc}") from exc
+        add_plugin_routes(app, plugins, name)
     missing = unguarded_routes(app)
     if missing:
         raise PluginLoadError("these routes change state but check no credentials "

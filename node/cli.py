@@ -56,6 +56,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 0
     # The directory holds the key and the password hashes: private to the node's user.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
     settings: dict[str, dict[str, Any]] = {"node": {"name": args.name}, "plugins": {"enabled": []}}
     # Validate what we are about to write with the same rules `load_config` applies.
     config = config_from_mapping(data_dir, settings, env={})
@@ -67,6 +68,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     atomic_write_text(config_path, render_template(settings), mode=0o644, exclusive=True)
     config = load_config(data_dir)
     status = run_async(_upgrade(config))
+    if not config.database.url:
+        (data_dir / "atrium.db").chmod(0o600)
     out(f"created a node in {data_dir.resolve()}")
     out(f"  config:   {config_path}")
     out(f"  key:      {key_path} (mode 0600; back it up)")
@@ -343,11 +346,28 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    """Everything that can be checked without starting the node: keys, key file, database URL and
+    reachability, plugins and their routes."""
+    from node.app import create_app
+
     config = _config(args)
     load_identity(config.key_path)
+    _ = config.database_url
     host = plugin_host_for(config)
     host.load(strict=True)
+    create_app(config, plugins=host)
+
+    async def reach() -> Any:
+        db = Database.from_config(config)
+        try:
+            return await db.schema_status()
+        finally:
+            await db.close()
+
+    status = run_async(reach())
     out(f"{config.config_path}: OK")
+    if not status.up_to_date:
+        out(f"note: the database schema is at {status.current or 'nothing'}; run `atrium db upgrade`")
     return 0
 
 

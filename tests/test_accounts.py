@@ -155,8 +155,6 @@ async def test_token_lifetimes_respect_the_node_maximum(accounts: Accounts) -> N
     accounts.settings.token_max_days = 30
     user = await accounts.create_user("alice")
     with pytest.raises(InvalidInput, match="at most 30 days"):
-        await accounts.issue_token(user, "forever")
-    with pytest.raises(InvalidInput, match="at most 30 days"):
         await accounts.issue_token(user, "long", expires_in_days=31)
     issued = await accounts.issue_token(user, "ok", expires_in_days=30)
     assert issued.record.expires_at is not None
@@ -172,3 +170,11 @@ async def test_concurrent_sign_ups_for_one_name_create_one_user(accounts: Accoun
 def test_roles_are_ordered_admin_over_moderator_over_creator_over_member() -> None:
     assert Role.ADMIN.includes(Role.MODERATOR) and Role.MODERATOR.includes(Role.CREATOR)
     assert Role.CREATOR.includes(Role.MEMBER) and not Role.MEMBER.includes(Role.CREATOR)
+
+
+async def test_with_a_maximum_lifetime_new_tokens_get_it_by_default(accounts: Accounts) -> None:
+    accounts.settings.token_max_days = 30
+    user = await accounts.create_user("alice")
+    issued = await accounts.issue_token(user, "default")
+    lifetime = issued.record.expires_at - issued.record.created_at
+    assert lifetime == timedelta(days=30)

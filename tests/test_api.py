@@ -260,3 +260,79 @@ async def test_a_non_numeric_id_is_a_400(api: Api) -> None:
     token = await api.user("alice")
     status, body = await error_of(await api.call("DELETE", "/api/node/v1/tokens/abc", token))
     assert status == 400 and "id must be a positive integer" in body["detail"]
+
+
+async def test_error_answers_carry_the_security_headers(api: Api) -> None:
+    response = await api.call("GET", "/api/v1/no-such-thing")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+async def test_throttled_logins_say_when_to_retry(api: Api) -> None:
+    await api.node.accounts.create_user("alice", password="correct horse battery")
+    for _ in range(api.node.config.accounts.login_attempts_per_minute):
+        await api.call("POST", "/api/node/v1/auth/login", json={"username": "alice", "password": "wrong guess"})
+    response = await api.call("POST", "/api/node/v1/auth/login",
+                              json={"username": "alice", "password": "correct horse battery"})
+    status, body = await error_of(response)
+    assert status == 429 and "too many failed logins" in body["detail"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 61
+
+
+async def test_behind_a_trusted_proxy_logins_are_throttled_per_forwarded_client(api: Api) -> None:
+    api.node.config.http.trusted_proxies = ["127.0.0.1"]
+    api.node.config.accounts.login_attempts_per_minute = 2
+    api.node.accounts.throttle.limit = 2
+    for name in ("user1", "user2", "user3"):
+        await api.node.accounts.create_user(name, password="correct horse battery")
+    attacker = {"X-Forwarded-For": "203.0.113.7"}
+    for name in ("user1", "user2"):
+        await api.call("POST", "/api/node/v1/auth/login", json={"username": name, "password": "nope nope"},
+                       headers=attacker)
+    blocked = await api.call("POST", "/api/node/v1/auth/login",
+                             json={"username": "user3", "password": "correct horse battery"}, headers=attacker)
+    assert blocked.status == 429
+    other = await api.call("POST", "/api/node/v1/auth/login",
+                           json={"username": "user3", "password": "correct horse battery"},
+                           headers={"X-Forwarded-For": "198.51.100.9"})
+    assert other.status == 201
+
+
+def test_a_plugin_route_that_shadows_a_node_route_stops_the_app(sqlite_config: Config) -> None:
+    class Shadow:
+        @hookimpl
+        def atrium_routes(self, routes: web.RouteTableDef) -> None:
+            @routes.get("/api/node/v1/health")
+            async def fake(request: web.Request) -> web.Response:
+                return web.json_response({"status": "ok"})
+
+    host = PluginHost([], available={})
+    host.register(Shadow(), "shadow")
+    with pytest.raises(PluginLoadError, match="adds GET /api/node/v1/health, which is already served"):
+        create_app(sqlite_config, plugins=host)
+
+
+def test_an_async_routes_hook_is_refused_with_a_clear_message(sqlite_config: Config) -> None:
+    class AsyncRoutes:
+        @hookimpl
+        async def atrium_routes(self, routes: web.RouteTableDef) -> None:
+            pass
+
+    host = PluginHost([], available={})
+    host.register(AsyncRoutes(), "async_routes")
+    with pytest.raises(PluginLoadError, match="atrium_routes must be a plain function"):
+        create_app(sqlite_config, plugins=host)
+
+
+async def test_a_plugin_that_crashes_at_startup_is_named_in_one_line(aiohttp_client, sqlite_config: Config) -> None:
+    class Crashing:
+        @hookimpl
+        async def atrium_startup(self, node) -> None:
+            raise KeyError("missing thing\nwith a second line")
+
+    host = PluginHost([], available={})
+    host.register(Crashing(), "crashing")
+    with pytest.raises(PluginLoadError) as err:
+        await aiohttp_client(create_app(sqlite_config, migrate=True, plugins=host))
+    assert err.value.detail.startswith("plugin 'crashing' failed in atrium_startup: KeyError:")
+    assert "\n" not in err.value.detail

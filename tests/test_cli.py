@@ -94,3 +94,19 @@ def test_every_command_accepts_data_before_or_after_the_command(data: Path) -> N
     after = atrium("db", "status", data=data)
     assert before.returncode == after.returncode == 0
     assert before.stdout == after.stdout
+
+
+def test_a_postgresql_database_that_does_not_exist_is_one_config_line(data: Path) -> None:
+    (data / "node.toml").write_text('[database]\nurl = "postgresql://postgres@127.0.0.1:5432/atrium_no_such_db"\n')
+    result = atrium("db", "status", data=data)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atrium: config error: database.url: cannot open the database:")
+    assert "atrium_no_such_db" in lines[0]
+
+
+def test_config_check_validates_the_database_url(data: Path) -> None:
+    assert atrium("config", "check", data=data).returncode == 0
+    (data / "node.toml").write_text('[database]\nurl = "mysql://root@127.0.0.1/x"\n')
+    result = atrium("config", "check", data=data)
+    assert result.returncode == 2 and "database.url: unsupported database 'mysql'" in result.stderr

@@ -148,7 +148,7 @@ def test_a_plugin_needing_the_ml_extra_says_so_in_one_line() -> None:
     with pytest.raises(PluginLoadError) as err:
         require_modules("generation", ["atrium_surely_missing_module"])
     assert err.value.detail == ("the generation plugin needs the 'ml' extra (atrium_surely_missing_module missing): "
-                                "pip install 'atrium-node[ml]'")
+                                "pip install 'atrium-node[ml]' (docs/getting-started.md)")
 
 
 async def test_async_hooks_are_awaited_and_plugin_routes_are_served(aiohttp_client, tmp_path: Path,
@@ -215,3 +215,17 @@ def test_every_hook_has_a_one_line_docstring() -> None:
     for name in hook_names():
         doc = getattr(hookspecs, name).__doc__ or ""
         assert doc.strip() and "\n" not in doc.strip(), f"{name} needs a one-line docstring"
+
+
+def test_a_misspelt_hook_name_stops_the_plugin_from_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "site"
+    make_distribution(root, "typo_plugin", "from node.core.hookspecs import hookimpl\n\n"
+                                           "@hookimpl\ndef atrium_statup(node):\n    pass\n")
+    monkeypatch.syspath_prepend(str(root))
+    try:
+        host = PluginHost(["typo_plugin"])
+        with pytest.raises(PluginLoadError, match="plugin 'typo_plugin' failed to load: PluginValidationError"):
+            host.load()
+        assert host.loaded == []
+    finally:
+        sys.modules.pop("typo_plugin", None)

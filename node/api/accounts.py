@@ -35,7 +35,13 @@ def token_json(token: ApiToken) -> dict[str, Any]:
 
 
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's IP: the peer, or for a trusted proxy the last address it appended to X-Forwarded-For."""
+    peer = request.remote or "unknown"
+    if peer in request.app[NODE].config.http.trusted_proxies:
+        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
+        if forwarded:
+            return forwarded[-1]
+    return peer
 
 
 class LoginBody(Body):

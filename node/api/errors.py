@@ -70,6 +70,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {REQUEST_ID_HEADER: request_id}
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="atrium"'
+        if isinstance(exc, errors.RateLimited) and exc.retry_after:
+            headers["Retry-After"] = str(exc.retry_after)
         if status >= 500:
             log.error("request %s %s failed: %s", request.method, request.path, exc.detail,
                       extra={"request_id": request_id})

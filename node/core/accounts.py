@@ -71,7 +71,7 @@ class LoginThrottle:
                 failures.popleft()
             if len(failures) >= self.limit:
                 wait = int(self.window - (now - failures[0])) + 1
-                raise RateLimited(f"too many failed logins; try again in {wait} s")
+                raise RateLimited(f"too many failed logins; try again in {wait} s", retry_after=wait)
 
     def fail(self, *keys: str) -> None:
         now = time.monotonic()
@@ -220,8 +220,10 @@ class Accounts:
                 raise InvalidInput("expires_in_days must be a whole number of days, at least 1")
             if expires_in_days > 36500:
                 raise InvalidInput("expires_in_days must be at most 36500")
-        if max_days and (expires_in_days is None or expires_in_days > max_days):
-            raise InvalidInput(f"this node allows tokens of at most {max_days} days; give expires_in_days")
+        if max_days and expires_in_days is None:
+            expires_in_days = max_days  # the longest this node allows
+        if max_days and expires_in_days > max_days:  # type: ignore[operator]
+            raise InvalidInput(f"this node allows tokens of at most {max_days} days")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         now = utcnow()
         record = ApiToken(user_id=user.id, name=name.strip(), token_hash=hash_token(secret),

@@ -68,6 +68,9 @@ class HttpSection:
                               "larger bodies get 413. File uploads have their own limits.",
                               minimum=1024)
     access_log: bool = key(True, "Log one line per HTTP request.")
+    trusted_proxies: list[str] = key([], "Addresses of reverse proxies in front of the node, e.g. "
+                                     "[\"127.0.0.1\"]. For requests from these, the client's address is "
+                                     "taken from X-Forwarded-For (used to throttle failed logins per client).")
 
 
 @dataclass

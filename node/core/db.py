@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -130,13 +129,16 @@ class Database:
 
     @asynccontextmanager
     async def _connect(self) -> AsyncIterator[Any]:
+        # Any failure to open a connection (refused, unknown host, wrong password, no such
+        # database) is a configuration problem, reported in one line naming database.url.
         try:
-            async with self.engine.connect() as conn:
-                yield conn
-        except (OperationalError, DBAPIError, OSError) as exc:
-            if isinstance(exc, DBAPIError) and not _is_connection_error(exc):
-                raise
+            conn = await self.engine.connect()
+        except Exception as exc:
             raise ConfigError(f"database.url: cannot open the database: {_short(exc)}") from None
+        try:
+            yield conn
+        finally:
+            await conn.close()
 
 
 def _current_revision(sync_conn: Connection) -> str | None:
@@ -152,10 +154,6 @@ def _run_upgrade(sync_conn: Connection, revision: str) -> None:
     cfg = alembic_config()
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, revision)
-
-
-def _is_connection_error(exc: DBAPIError) -> bool:
-    return exc.connection_invalidated or isinstance(exc, OperationalError) or "connect" in str(exc).lower()
 
 
 def _short(exc: BaseException) -> str:

@@ -64,9 +64,13 @@ class Conflict(AtriumError):
 
 
 class RateLimited(AtriumError):
-    """Too many requests of this kind; try again later."""
+    """Too many requests of this kind; try again later (after `retry_after` seconds, when known)."""
 
     code = "rate_limited"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after = retry_after
 
 
 class SchemaOutOfDate(AtriumError):

@@ -2,7 +2,7 @@
 
 Plugins are modules (or objects) registered under the entry point group `atrium.plugins` and enabled
 per node with `[plugins] enabled = [...]`. They mark implementations with `@hookimpl`. An
-implementation may be `async def`: the node awaits it. Every hook here is documented in
+implementation may be `async def` (the node awaits it) except where a hook says otherwise. Every hook here is documented in
 docs/plugins.md; a test fails when one is not.
 """
 
@@ -36,4 +36,4 @@ def atrium_shutdown(node: Node) -> Any:
 
 @hookspec
 def atrium_routes(routes: web.RouteTableDef) -> None:
-    """Fires while the HTTP app is built; add routes to `routes` under a prefix of the plugin's own, each mutating handler marked with `node.api.auth.requires` or `public`. Returns nothing."""
+    """Fires while the HTTP app is built (a plain function, not async); add routes to `routes` under a prefix of the plugin's own, each mutating handler marked with `node.api.auth.requires` or `public`. Returns nothing."""

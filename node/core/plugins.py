@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from node.core import hookspecs
-from node.core.errors import ConfigError, PluginLoadError
+from node.core.errors import AtriumError, ConfigError, PluginLoadError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def require_modules(plugin: str, modules: Iterable[str] = ML_MODULES, extra: str
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         raise PluginLoadError(f"the {plugin} plugin needs the '{extra}' extra ({', '.join(missing)} "
-                              f"missing): pip install 'atrium-node[{extra}]'")
+                              f"missing): pip install 'atrium-node[{extra}]' (docs/getting-started.md)")
 
 
 class PluginHost:
@@ -99,8 +99,13 @@ class PluginHost:
             try:
                 plugin = self.available[name].load()
                 self.pm.register(plugin, name=name)
+                # A misspelt hook name would otherwise be ignored without a word.
+                self.pm.check_pending()
             except Exception as exc:  # any import-time failure is reported, never a traceback
-                reason = exc.detail if isinstance(exc, PluginLoadError) else f"{type(exc).__name__}: {exc}"
+                if self.pm.get_plugin(name) is not None:
+                    self.pm.unregister(name=name)
+                reason = exc.detail if isinstance(exc, PluginLoadError) else \
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 self.errors[name] = reason
                 if strict:
                     raise PluginLoadError(f"plugin {name!r} failed to load: {reason}") from exc
@@ -146,10 +151,21 @@ class PluginHost:
         return self.pm.subset_hook_caller(hook, remove_plugins=others)
 
     async def call_each(self, hook: str, names: Iterable[str], **kwargs: Any) -> None:
-        """Call a hook plugin by plugin, in the order of `names`, awaiting coroutines."""
+        """Call a hook plugin by plugin, in the order of `names`, awaiting coroutines.
+
+        A plugin that raises anything but an Atrium error (which already says what is wrong) is
+        reported as a PluginLoadError naming the plugin and the hook.
+        """
         for name in names:
             if self.pm.get_plugin(name) is None:
                 continue
-            for result in self.hook_for(name, hook)(**kwargs):
-                if inspect.isawaitable(result):
-                    await result
+            try:
+                for result in self.hook_for(name, hook)(**kwargs):
+                    if inspect.isawaitable(result):
+                        await result
+            except AtriumError:
+                raise
+            except Exception as exc:
+                log.exception("plugin %r failed in %s", name, hook)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise PluginLoadError(f"plugin {name!r} failed in {hook}: {type(exc).__name__}: {first}") from exc
