@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from node.api import accounts, node_routes
+from node.api import accounts, catalog, civitai, files, node_routes
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -68,6 +68,9 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.cleanup_ctx.append(node_context)
     app.add_routes(node_routes.routes)
     app.add_routes(accounts.routes)
+    app.add_routes(civitai.routes)
+    app.add_routes(catalog.routes)
+    app.add_routes(files.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     for name in plugins.loaded:

@@ -70,13 +70,34 @@ def cmd_init(args: argparse.Namespace) -> int:
     status = run_async(_upgrade(config))
     if not config.database.url:
         (data_dir / "atrium.db").chmod(0o600)
+    demo = [] if args.no_demo else run_async(_add_demo(config))
     out(f"created a node in {data_dir.resolve()}")
     out(f"  config:   {config_path}")
     out(f"  key:      {key_path} (mode 0600; back it up)")
     out(f"  database: {_describe_db(config)} (schema {status.current})")
+    if demo:
+        out(f"  demo:     {len(demo)} demo models by atrium-demo (random weights, clearly labelled; "
+            "delete them any time, or use --no-demo next time)")
     out("Next: `atrium users add NAME --role admin`, then `atrium serve`.")
     out(f"node id: {identity.node_id}")
     return 0
+
+
+async def _add_demo(config: Config) -> list[int]:
+    from node.core.blobs import BlobStore
+    from node.core.catalog import Catalog
+    from node.core.demo import add_demo_content
+    from node.core.ingest import Ingest
+
+    db = Database.from_config(config)
+    try:
+        blobs = BlobStore(config.blobs_path)
+        blobs.prepare()
+        catalog = Catalog(db, config.node.name)
+        return await add_demo_content(Accounts(db, config.accounts), catalog,
+                                      Ingest(db, blobs, catalog, config.storage))
+    finally:
+        await db.close()
 
 
 async def _upgrade(config: Config) -> Any:
@@ -406,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("init", cmd_init, "create a data directory with a commented node.toml, a key and a database")
     p.add_argument("dir", nargs="?", metavar="DIR", help="the data directory (default: --data)")
     p.add_argument("--name", default="atrium", help="the node's short name (AIR source); default: atrium")
+    p.add_argument("--no-demo", action="store_true",
+                   help="do not publish the two small demo models and their example images")
 
     p = command("serve", cmd_serve, "run the node's HTTP server until Ctrl+C or SIGTERM")
     p.add_argument("--host", help="listen address (overrides http.host)")

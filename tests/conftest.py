@@ -165,10 +165,15 @@ async def api_on(aiohttp_client: Any, config: Config) -> Api:
 
 
 def atrium(*args: str, data: Path | None = None, stdin: str | None = None, env: dict[str, str] | None = None,
-           timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the `atrium` command in a subprocess, as a user would."""
+           timeout: float = 60, demo: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the `atrium` command in a subprocess, as a user would.
+
+    `atrium init` gets `--no-demo` unless `demo` is set: most tests want an empty catalog.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
     full_env.update(env or {})
+    if args and args[0] == "init" and not demo:
+        args = (*args, "--no-demo")
     cmd = [sys.executable, "-m", "node", *args]
     if data is not None:
         cmd += ["--data", str(data)]

@@ -243,7 +243,8 @@ def test_every_mutating_route_of_the_node_checks_access(sqlite_config: Config) -
     guarded = {f"{r.method} {r.resource.canonical}": getattr(r.handler, "__atrium_access__")
                for r in app.router.routes() if r.method in ("POST", "PUT", "PATCH", "DELETE")}
     public_routes = sorted(k for k, v in guarded.items() if v.startswith("public:"))
-    assert public_routes == ["POST /api/node/v1/auth/login", "POST /api/node/v1/auth/register"]
+    assert public_routes == ["POST /api/node/v1/auth/login", "POST /api/node/v1/auth/register",
+                             "POST /api/v1/model-versions/by-hash"]
 
 
 async def test_metrics_count_requests_by_route_pattern(api: Api) -> None:
@@ -324,7 +325,7 @@ def test_an_async_routes_hook_is_refused_with_a_clear_message(sqlite_config: Con
         create_app(sqlite_config, plugins=host)
 
 
-async def test_a_plugin_that_crashes_at_startup_is_named_in_one_line(aiohttp_client, sqlite_config: Config) -> None:
+async def test_a_plugin_that_crashes_at_startup_is_named_in_one_line(sqlite_config: Config) -> None:
     class Crashing:
         @hookimpl
         async def atrium_startup(self, node) -> None:
@@ -332,7 +333,11 @@ async def test_a_plugin_that_crashes_at_startup_is_named_in_one_line(aiohttp_cli
 
     host = PluginHost([], available={})
     host.register(Crashing(), "crashing")
-    with pytest.raises(PluginLoadError) as err:
-        await aiohttp_client(create_app(sqlite_config, migrate=True, plugins=host))
+    runner = web.AppRunner(create_app(sqlite_config, migrate=True, plugins=host))
+    try:
+        with pytest.raises(PluginLoadError) as err:
+            await runner.setup()
+    finally:
+        await runner.cleanup()
     assert err.value.detail.startswith("plugin 'crashing' failed in atrium_startup: KeyError:")
     assert "\n" not in err.value.detail

@@ -11,9 +11,12 @@ from typing import Any
 
 from aiohttp import web
 
+from node.api.auth import public
 from node.api.bodies import int_param, read_json
 from node.api.keys import NODE
+from node.core.catalog import version_air
 from node.core.errors import InvalidInput, NotFound
+from node.core.ingest import versions_by_hashes
 from node.core.records import FileRecord, ModelRecord, VersionRecord, load_images, load_models, load_versions
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
@@ -38,9 +41,7 @@ def base_url(request: web.Request) -> str:
 
 
 def air_of(request: web.Request, version: ModelVersion, model: Model) -> str:
-    from node.core.air import air_for_version
-
-    return air_for_version(request.app[NODE].name, model, version)
+    return version_air(request.app[NODE].name, model, version)
 
 
 def file_json(request: web.Request, record: FileRecord, version: ModelVersion) -> dict[str, Any]:
@@ -286,8 +287,6 @@ async def get_version(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/model-versions/by-hash/{hash}")
 async def version_by_hash(request: web.Request) -> web.Response:
-    from node.core.ingest import versions_by_hashes
-
     node = request.app[NODE]
     found = await versions_by_hashes(node.db, [request.match_info["hash"]])
     if not found:
@@ -296,10 +295,9 @@ async def version_by_hash(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/model-versions/by-hash")
+@public("a read-only lookup that takes its list of hashes as a body, as Civitai's does")
 async def versions_by_hash(request: web.Request) -> web.Response:
     """Up to 100 SHA256 (or other) hashes in a JSON array; answers the versions found. Read-only."""
-    from node.core.ingest import versions_by_hashes
-
     hashes = await read_json(request)
     if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
         raise InvalidInput("send a JSON array of hashes")
@@ -313,9 +311,6 @@ async def versions_by_hash(request: web.Request) -> web.Response:
         except NotFound:
             continue
     return web.json_response(items)
-
-
-versions_by_hash.__atrium_access__ = "public:a read-only lookup that takes its list of hashes as a body"  # type: ignore[attr-defined]
 
 
 def paging(request: web.Request, default_limit: int = 20) -> tuple[int, int]:

@@ -14,10 +14,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from node.core import errors
+from node.core.search import PageCapExceeded
 
 log = logging.getLogger("atrium.http")
 
 STATUS_FOR: dict[type[errors.AtriumError], int] = {
+    # Civitai answers 429 when page * limit passes the cap; clients know to switch to cursors.
+    PageCapExceeded: 429,
     errors.InvalidInput: 400,
     errors.Unauthenticated: 401,
     errors.Forbidden: 403,

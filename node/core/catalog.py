@@ -32,6 +32,14 @@ COMMENT_MAX = 10_000
 REVIEW_MAX = 10_000
 
 
+def version_air(node_name: str, model: Model, version: ModelVersion) -> str:
+    """The AIR of a version published on this node: its source is the node's name."""
+    from node.core.air import Air, air_type_for_model_type, ecosystem_for_base_model
+
+    return str(Air(source=node_name, id=str(model.id), version=str(version.id),
+                   ecosystem=ecosystem_for_base_model(version.base_model), type=air_type_for_model_type(model.type)))
+
+
 def can_edit(user: User, model: Model) -> bool:
     """Owners edit their models; moderators and admins edit any."""
     return model.owner_id == user.id or Role(user.role).includes(Role.MODERATOR)
@@ -318,6 +326,14 @@ class Catalog:
         """A model if `user` may see it (published, or theirs to edit); NotFound otherwise."""
         async with self.db.session() as session:
             return await self._model(session, model_id, user)
+
+    async def version_ids(self, model_id: int, *, published_only: bool = True) -> list[int]:
+        """The model's version ids, newest first."""
+        stmt = select(ModelVersion.id).where(ModelVersion.model_id == model_id)
+        if published_only:
+            stmt = stmt.where(ModelVersion.status == ModelStatus.PUBLISHED.value)
+        async with self.db.session() as session:
+            return list((await session.exec(stmt.order_by(col(ModelVersion.id).desc()))).all())
 
     async def visible_version(self, user: User | None, version_id: int) -> tuple[ModelVersion, Model]:
         """A version and its model if `user` may see them; NotFound otherwise."""

@@ -14,6 +14,7 @@ from node.core.catalog import Catalog
 from node.core.config import Config
 from node.core.db import Database
 from node.core.identity import NodeIdentity, load_identity
+from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Node:
     plugins: PluginHost
     blobs: BlobStore
     catalog: Catalog
+    ingest: Ingest
     version: str = __version__
 
     @property
@@ -62,8 +64,9 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     db = Database.from_config(config)
     started: list[str] = []
     blobs = BlobStore(config.blobs_path)
+    catalog = Catalog(db, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
-                blobs=blobs, catalog=Catalog(db, config.node.name))
+                blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage))
     try:
         if migrate:
             status = await db.upgrade()

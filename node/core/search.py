@@ -147,7 +147,8 @@ def decode_cursor(cursor: str) -> tuple[Any, int]:
 
 
 def _base_query(q: ModelQuery, dialect: str) -> Any:
-    stmt = select(Model.id).where(Model.status == "Published")
+    # sa.select, not sqlmodel's: rows keep every column (sqlmodel returns scalars for one column).
+    stmt = sa.select(col(Model.id)).where(Model.status == "Published")
     if q.query:
         words = query_words(q.query)
         if words:
@@ -252,7 +253,7 @@ async def find_images(db: Database, q: ImageQuery) -> ModelPage:
     published_versions = select(ModelVersion.id).join(Model, col(Model.id) == col(ModelVersion.model_id)).where(
         ModelVersion.status == "Published", Model.status == "Published", sa.or_(
             col(Model.mode).is_(None), Model.mode != "TakenDown"))
-    stmt = select(Image.id).where(col(Image.version_id).in_(published_versions),
+    stmt = sa.select(col(Image.id)).where(col(Image.version_id).in_(published_versions),
                                   col(Image.nsfw_level).op("&")(q.levels) != 0)
     if q.version_id is not None:
         stmt = stmt.where(Image.version_id == q.version_id)
