@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
 import struct
+import time
 import zlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,11 @@ import pytest
 from PIL import Image as PILImage
 
 from node.core.records import image_resources
-from node.core.tables import Role
+from node.core.runtime import housekeeping
+from node.core.tables import Role, Upload, utcnow
 from tests.catalog_fixtures import (A1111_PARAMETERS, lying_safetensors, pickle_bytes, png_with_parameters,
                                     safetensors_bytes)
-from tests.conftest import Api
+from tests.conftest import Api, atrium, http_json, wait_for, wait_healthy
 
 
 class Creator:
@@ -381,8 +386,6 @@ async def test_enums_list_civitais_vocabulary(api: Api) -> None:
 
 
 def test_init_publishes_demo_content_so_the_first_page_is_not_empty(tmp_path: Path, serve) -> None:
-    from tests.conftest import atrium, http_json, wait_healthy
-
     data = tmp_path / "data"
     result = atrium("init", str(data), demo=True)
     assert result.returncode == 0 and "2 demo models" in result.stdout
@@ -394,3 +397,42 @@ def test_init_publishes_demo_content_so_the_first_page_is_not_empty(tmp_path: Pa
     _status, images = http_json("GET", server.url + "/api/v1/images")
     assert len(images["items"]) == 6
     assert all(i["meta"]["resources"][0]["type"] == "lora" for i in images["items"])
+
+
+async def test_reviews_and_comments_are_listed_newest_first_with_their_authors(api: Api, creator: Creator) -> None:
+    model, version, _file = await creator.published()
+    for name, rating in (("fan1", 4), ("fan2", 5)):
+        fan = Creator(api, await api.user(name))
+        await fan.json("PUT", f"/api/node/v1/versions/{version['id']}/review", json={"rating": rating})
+        await fan.json("POST", f"/api/node/v1/models/{model['id']}/comments", 201, json={"text": f"from {name}"})
+    reviews = await (await api.call("GET", f"/api/node/v1/versions/{version['id']}/reviews")).json()
+    assert [(r["username"], r["rating"]) for r in reviews["items"]] == [("fan2", 5), ("fan1", 4)]
+    comments = await (await api.call("GET", f"/api/node/v1/models/{model['id']}/comments?limit=1")).json()
+    assert [c["text"] for c in comments["items"]] == ["from fan2"]
+    older = await (await api.call("GET", f"/api/node/v1/models/{model['id']}/comments?before={comments['items'][0]['id']}")).json()
+    assert [c["text"] for c in older["items"]] == ["from fan1"]
+
+
+async def test_expired_uploads_and_stale_temp_files_are_cleaned_up(api: Api, creator: Creator) -> None:
+    model = await creator.model()
+    version = await creator.version(model["id"])
+    data = safetensors_bytes()
+    upload = await creator.start(version["id"], data)
+    await creator.send(upload, data[:100], 0)
+    async with api.node.db.session() as session:
+        row = await session.get(Upload, upload["id"])
+        row.updated_at = utcnow() - timedelta(hours=api.node.config.storage.upload_expiry_hours + 1)
+        session.add(row)
+        await session.commit()
+    stale = api.node.blobs.new_temp_path()
+    stale.write_bytes(b"half an image")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    task = asyncio.create_task(housekeeping(api.node, interval=3600))
+    try:
+        async def cleaned() -> bool:
+            return leftovers(api) == []
+
+        await wait_for(cleaned, timeout=5)
+    finally:
+        task.cancel()
+    assert (await api.call("GET", upload["url"], creator.token)).status == 404

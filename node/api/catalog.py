@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from node.api.auth import current_user, requires
+from node.api.auth import current_user, optional_user, requires
 from node.api.bodies import Body, int_param, read_body
 from node.api.civitai import model_json, version_json
 from node.api.keys import NODE
@@ -200,13 +200,44 @@ async def review_version(request: web.Request) -> web.Response:
     body = await read_body(request, ReviewBody)
     review = await request.app[NODE].catalog.review(current_user(request), int_param(request, "id"),
                                                     rating=body.rating, recommended=body.recommended, text=body.text)
-    return web.json_response(review_json(review))
+    return web.json_response(review_json(review, current_user(request).username))
 
 
-def review_json(review: Any) -> dict[str, Any]:
+def review_json(review: Any, username: str | None = None) -> dict[str, Any]:
     return {"id": review.id, "modelVersionId": review.version_id, "rating": review.rating,
-            "recommended": review.recommended, "text": review.text,
+            "recommended": review.recommended, "text": review.text, "username": username,
             "createdAt": review.created_at.isoformat(), "updatedAt": review.updated_at.isoformat()}
+
+
+def comment_json(comment: Any, username: str | None = None) -> dict[str, Any]:
+    return {"id": comment.id, "modelId": comment.model_id, "text": comment.text, "username": username,
+            "createdAt": comment.created_at.isoformat()}
+
+
+def page_params(request: web.Request) -> tuple[int, int | None]:
+    """`limit` (1-200, default 50) and `before` (an id, to page backwards) from the query string."""
+    limit_text, before_text = request.query.get("limit", "50"), request.query.get("before")
+    if not limit_text.isdigit():
+        raise InvalidInput("limit: expected a whole number")
+    if before_text is not None and not before_text.isdigit():
+        raise InvalidInput("before: expected an id")
+    return int(limit_text), int(before_text) if before_text is not None else None
+
+
+@routes.get("/api/node/v1/versions/{id}/reviews")
+async def list_reviews(request: web.Request) -> web.Response:
+    limit, before = page_params(request)
+    rows = await request.app[NODE].catalog.reviews(await optional_user(request), int_param(request, "id"),
+                                                   limit=limit, before=before)
+    return web.json_response({"items": [review_json(r, name) for r, name in rows]})
+
+
+@routes.get("/api/node/v1/models/{id}/comments")
+async def list_comments(request: web.Request) -> web.Response:
+    limit, before = page_params(request)
+    rows = await request.app[NODE].catalog.comments(await optional_user(request), int_param(request, "id"),
+                                                    limit=limit, before=before)
+    return web.json_response({"items": [comment_json(c, name) for c, name in rows]})
 
 
 @routes.post("/api/node/v1/models/{id}/comments")
@@ -214,5 +245,4 @@ def review_json(review: Any) -> dict[str, Any]:
 async def comment_model(request: web.Request) -> web.Response:
     body = await read_body(request, CommentBody)
     comment = await request.app[NODE].catalog.comment(current_user(request), int_param(request, "id"), body.text)
-    return web.json_response({"id": comment.id, "modelId": comment.model_id, "text": comment.text,
-                              "createdAt": comment.created_at.isoformat()}, status=201)
+    return web.json_response(comment_json(comment, current_user(request).username), status=201)

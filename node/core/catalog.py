@@ -440,6 +440,34 @@ class Catalog:
             await session.refresh(comment)
         return comment
 
+    async def comments(self, user: User | None, model_id: int, *, limit: int = 50,
+                       before: int | None = None) -> list[tuple[Comment, str]]:
+        """A model's comments with their authors' names, newest first; `before` pages by comment id."""
+        if not 1 <= limit <= 200:
+            raise InvalidInput("limit: must be from 1 to 200")
+        async with self.db.session() as session:
+            await self._model(session, model_id, user)
+            stmt = (select(Comment, User.username).join(User, col(User.id) == col(Comment.user_id))
+                    .where(Comment.model_id == model_id))
+            if before is not None:
+                stmt = stmt.where(col(Comment.id) < before)
+            rows = (await session.exec(stmt.order_by(col(Comment.id).desc()).limit(limit))).all()
+        return [(comment, name) for comment, name in rows]
+
+    async def reviews(self, user: User | None, version_id: int, *, limit: int = 50,
+                      before: int | None = None) -> list[tuple[Review, str]]:
+        """A version's reviews with their authors' names, newest first."""
+        if not 1 <= limit <= 200:
+            raise InvalidInput("limit: must be from 1 to 200")
+        async with self.db.session() as session:
+            await self._version(session, version_id, user)
+            stmt = (select(Review, User.username).join(User, col(User.id) == col(Review.user_id))
+                    .where(Review.version_id == version_id))
+            if before is not None:
+                stmt = stmt.where(col(Review.id) < before)
+            rows = (await session.exec(stmt.order_by(col(Review.id).desc()).limit(limit))).all()
+        return [(review, name) for review, name in rows]
+
     async def count_download(self, version_id: int) -> None:
         """One more download of a version (and its model)."""
         async with self.db.session() as session:

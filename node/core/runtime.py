@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,10 @@ from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
 
 log = logging.getLogger(__name__)
+
+# How often the node deletes expired uploads and temp files left by interrupted writes.
+HOUSEKEEPING_INTERVAL = 600.0
+TEMP_FILE_MAX_AGE = 3600.0
 
 
 @dataclass
@@ -50,6 +56,19 @@ def plugin_host_for(config: Config) -> PluginHost:
     return host
 
 
+async def housekeeping(node: Node, interval: float = HOUSEKEEPING_INTERVAL) -> None:
+    """Delete expired resumable uploads and stale temp files, now and then every `interval` seconds."""
+    while True:
+        try:
+            expired = await node.ingest.expire()
+            removed = await asyncio.to_thread(node.blobs.clean_temp, TEMP_FILE_MAX_AGE)
+            if expired or removed:
+                log.info("housekeeping: %d expired uploads and %d temp files removed", expired, removed)
+        except Exception:  # a failed round must not stop the next one
+            log.exception("housekeeping failed")
+        await asyncio.sleep(interval)
+
+
 @asynccontextmanager
 async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None) -> AsyncIterator[Node]:
     """Open everything a node needs, run the plugins' startup hooks, and close it all on exit.
@@ -77,7 +96,13 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         for name in plugins.loaded:
             await plugins.call_each("atrium_startup", [name], node=node)
             started.append(name)
-        yield node
+        chores = asyncio.create_task(housekeeping(node), name="atrium-housekeeping")
+        try:
+            yield node
+        finally:
+            chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chores
     finally:
         try:
             await plugins.call_each("atrium_shutdown", list(reversed(started)), node=node)
