@@ -436,3 +436,39 @@ async def test_expired_uploads_and_stale_temp_files_are_cleaned_up(api: Api, cre
     finally:
         task.cancel()
     assert (await api.call("GET", upload["url"], creator.token)).status == 404
+
+
+def zip_bomb() -> bytes:
+    """A zip whose one member inflates to 256 MiB (about 250 KiB on the wire)."""
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("weights.bin", "w", force_zip64=True) as member:
+            block = b"\0" * (16 * 1024 * 1024)
+            for _ in range(16):
+                member.write(block)
+    return out.getvalue()
+
+
+async def test_a_zip_bomb_is_refused_as_a_model_file_without_being_opened(api: Api, creator: Creator) -> None:
+    model = await creator.model()
+    version = await creator.version(model["id"])
+    bomb = zip_bomb()
+    assert len(bomb) < 2 * 1024 * 1024
+    upload = await creator.start(version["id"], bomb, "weights.zip")
+    response = await creator.send(upload, bomb, 0)
+    body = await response.json()
+    assert response.status == 400 and "must be safetensors" in body["detail"]
+    assert leftovers(api) == [] and stored_blobs(api) == []
+    as_image = await api.call("POST", f"/api/node/v1/versions/{version['id']}/images", creator.token, data=bomb)
+    assert as_image.status == 400
+
+
+async def test_an_image_with_broken_metadata_is_kept_with_what_could_be_read(api: Api, creator: Creator) -> None:
+    _model, version, _file = await creator.published()
+    broken = 'a cat\nNegative prompt: dog\nSteps: many, Sampler: "unclosed, CFG scale: x7, Seed: 12, Hashes: {"bad json'
+    image = await creator.json("POST", f"/api/node/v1/versions/{version['id']}/images", 201,
+                               data=png_with_parameters(broken))
+    assert image["meta"]["prompt"] == "a cat" and image["meta"]["negativePrompt"] == "dog"
+    assert "steps" not in image["meta"] or image["meta"]["steps"] is None
