@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from node.core.blobs import BlobStore
-from node.core.catalog import Catalog
+from node.core.catalog import Catalog, check_nsfw_level
 from node.core.config import StorageSection
 from node.core.db import Database
 from node.core.errors import Conflict, InvalidInput, NotFound, TooLarge
@@ -35,10 +35,12 @@ from node.core.files import atomic_write_bytes
 from node.core.formats import (GGUF, OTHER, PICKLE_TENSOR, SAFETENSOR, SNIFF_BYTES,
                                SafetensorsHeaderReader, SafetensorsInfo, refuse_pickle, sniff_format)
 from node.core.hashes import FileHasher, FileHashes, normalize_hash
-from node.core.images import ImageInfo, inspect_image, make_thumbnail
 from node.core.tables import (FileHash, Image, ImageResource, Model, ModelFile, ModelVersion, Upload, User,
                               utcnow)
 from node.core.vocabulary import FileType, parse_enum
+
+if TYPE_CHECKING:
+    from node.core.images import ImageInfo
 
 # Pieces are gathered to this size before each write to disk (one thread hand-off per MiB).
 WRITE_BATCH_BYTES = 1024 * 1024
@@ -309,7 +311,8 @@ class Ingest:
                         nsfw_level: int = 1) -> Image:
         """Store an image (PNG, JPEG or WebP) with its thumbnail and generation metadata; link the
         resources its metadata names to catalog versions by hash."""
-        from node.core.catalog import check_nsfw_level
+        # Pillow is imported on the first image, not when the node starts (a tenth of a second).
+        from node.core.images import inspect_image
 
         level = check_nsfw_level(nsfw_level)
         if version_id is not None:
@@ -340,6 +343,8 @@ class Ingest:
     def _store_image(self, data: bytes, info: ImageInfo) -> str | None:
         """Write the image and its thumbnail into the blob store; returns the thumbnail's SHA-256. Blocks."""
         import hashlib
+
+        from node.core.images import make_thumbnail
 
         temp = self.blobs.new_temp_path()
         atomic_write_bytes(temp, data, mode=0o644)
