@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +39,10 @@ EXIT_USAGE = 2
 
 class CommandError(AtriumError):
     """A CLI command cannot go on (exit 1)."""
+
+
+class UsageError(AtriumError):
+    """The command was given something it cannot use: a missing file, token or node (exit 2)."""
 
 
 def out(text: str = "") -> None:
@@ -392,6 +399,298 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- client commands: publish, models, show (they talk to a node over its HTTP API) ------------
+
+
+def _node_target(args: argparse.Namespace, *, need_token: bool) -> tuple[str, str | None]:
+    """The node's URL and the API token: `--node`, else $ATRIUM_NODE, else the public URL of the node
+    in `--data`; `--token`, else $ATRIUM_TOKEN."""
+    url = args.node or os.environ.get("ATRIUM_NODE")
+    if not url:
+        try:
+            url = _config(args).public_url
+        except ConfigError as exc:
+            raise UsageError("no node to talk to: give --node URL or set ATRIUM_NODE "
+                             f"(there is no usable node in --data: {exc.detail})") from None
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--node: the node's URL starts with http:// or https://; got {url!r}")
+    token = args.token or os.environ.get("ATRIUM_TOKEN") or None
+    if need_token and not token:
+        raise UsageError("publishing needs an API token of a creator: give --token TOKEN or set ATRIUM_TOKEN "
+                         "(an admin creates one with `atrium users add NAME --role creator`)")
+    return url.rstrip("/"), token
+
+
+def _client(args: argparse.Namespace, *, need_token: bool = False) -> Any:
+    from node.client import NodeClient
+
+    url, token = _node_target(args, need_token=need_token)
+    return NodeClient(url, token)
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+class ProgressBar:
+    """An upload's progress on standard error: a bar redrawn in place on a terminal, an occasional
+    plain line otherwise (logs of scripts stay short). `finish` is called once the node has the file."""
+
+    WIDTH = 30
+    REDRAW_SECONDS = 0.1
+    LINE_SECONDS = 10.0
+
+    def __init__(self, name: str, stream: Any = None) -> None:
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.started = self.shown = time.monotonic()
+        self.first: int | None = None
+        self.drawn = False
+        self.total = 0
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        self.total = total
+        if self.first is None:
+            self.first, self.started = done, now  # a resumed upload's speed counts only the new bytes
+        every = self.REDRAW_SECONDS if self.tty else self.LINE_SECONDS
+        if done == self.last or (now - self.shown < every and not (self.tty and done >= total)):
+            return
+        self.shown, self.last = now, done
+        percent = 100 * done / total if total else 100
+        numbers = f"{percent:5.1f}%  {_mib(done)} / {_mib(total)}  {_mib(self.rate(done))}/s"
+        if self.tty:
+            filled = int(self.WIDTH * done / total) if total else self.WIDTH
+            self.stream.write(f"\r{self.name}  [{'#' * filled}{'.' * (self.WIDTH - filled)}]  {numbers}\x1b[K")
+        else:
+            self.stream.write(f"uploading {self.name}: {numbers}\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def rate(self, done: int) -> float:
+        elapsed = time.monotonic() - self.started
+        return (done - (self.first or 0)) / elapsed if elapsed > 0 else 0.0
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n" if self.drawn else "")
+        else:
+            elapsed = time.monotonic() - self.started
+            self.stream.write(f"uploaded {self.name}: {_mib(self.total)} in {elapsed:.1f} s "
+                              f"({_mib(self.rate(self.total))}/s)\n")
+        self.stream.flush()
+        self.drawn = False
+
+    def interrupt(self) -> None:
+        """End a bar that stopped part-way, so the error after it starts on its own line."""
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.drawn = False
+
+
+def _existing_file(text: str, option: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"{option}: no such file: {text}")
+    return path
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    path = _existing_file(args.path, "PATH")
+    images = [_existing_file(image, "--image") for image in args.image]
+    if args.model_id is None and (not args.name or not args.type):
+        raise UsageError("a new model needs --name and --type (or give --model-id to add a version to a model)")
+    client = _client(args, need_token=True)
+    return run_async(_publish(client, args, path, images))
+
+
+async def _publish(client: Any, args: argparse.Namespace, path: Path, images: list[Path]) -> int:
+    from node.client import UploadOutcomeUnknown
+
+    async with client as node:
+        created_model: int | None = None
+        if args.model_id is None:
+            model = await node.post("/api/node/v1/models", {
+                "name": args.name, "type": args.type, "description": args.description or "",
+                "tags": args.tag, "nsfw_level": args.nsfw_level})
+            model_id = created_model = model["id"]
+            out(f"created model {model_id}: {model['name']} ({model['type']})")
+        else:
+            model_id = args.model_id
+        version_body: dict[str, Any] = {"name": args.version_name, "base_model": args.base_model,
+                                        "trained_words": args.trigger}
+        if args.model_id is not None and args.description:
+            version_body["description"] = args.description
+        version_id: int | None = None
+        bar = ProgressBar(path.name)
+        try:
+            version = await node.post(f"/api/node/v1/models/{model_id}/versions", version_body)
+            version_id = version["id"]
+            out(f"created version {version_id}: {version['name']} ({version['baseModel']})")
+            try:
+                stored = await node.upload_file(version_id, path, bar)
+                bar.finish()
+            except UploadOutcomeUnknown:
+                bar.interrupt()
+                stored = await _stored_file(node, model_id, version_id, path)
+            out(f"stored {stored['name']}: {_mib(stored['sizeKB'] * 1024)}, "
+                f"SHA256 {stored['hashes'].get('SHA256', '?')}")
+            for image_path in images:
+                image = await node.add_image(version_id, image_path, nsfw_level=args.nsfw_level)
+                described = " with generation metadata" if image.get("meta") else ""
+                out(f"added image {image['id']}: {image_path.name} ({image['width']}x{image['height']}){described}")
+        except AtriumError as exc:
+            bar.interrupt()
+            note = await _discard_draft(node, created_model, model_id, version_id)
+            raise CommandError(f"{exc.detail}\natrium: {note}" if note else exc.detail) from None
+        except BaseException:  # interrupted: tidy up all the same
+            bar.interrupt()
+            note = await _discard_draft(node, created_model, model_id, version_id)
+            if note:
+                print(f"atrium: {note}", file=sys.stderr)
+            raise
+        if args.draft:
+            out(f"left model {model_id} as a draft (publish it with POST /api/node/v1/models/{model_id}/publish)")
+            air = version["air"]
+        else:
+            published = await node.post(f"/api/node/v1/models/{model_id}/publish")
+            air = next((v["air"] for v in published["modelVersions"] if v["id"] == version_id), version["air"])
+            out(f"published model {model_id}")
+        out(air)
+    return 0
+
+
+async def _stored_file(node: Any, model_id: int, version_id: int, path: Path) -> Any:
+    """The file an upload whose last answer was lost most likely stored: the version's file of that name."""
+    model = await node.get(f"/api/node/v1/models/{model_id}")
+    version = next((v for v in model["modelVersions"] if v["id"] == version_id), {"files": []})
+    size = path.stat().st_size
+    for stored in version["files"]:
+        if stored["name"] == path.name and round(stored["sizeKB"] * 1024) == size:
+            return stored
+    raise CommandError(f"the upload of {path.name} was cut off at its end and the node does not have the file")
+
+
+async def _discard_draft(node: Any, created_model: int | None, model_id: int, version_id: int | None) -> str:
+    """Remove what this command created before a failure, so the creator is not left with a stray
+    draft; returns a line saying what happened (empty when there was nothing to remove)."""
+    from node.client import NodeError, NodeUnreachable
+
+    if created_model is not None:
+        what, path = f"model {created_model}", f"/api/node/v1/models/{created_model}"
+    elif version_id is not None:
+        what, path = f"version {version_id} of model {model_id}", f"/api/node/v1/versions/{version_id}"
+    else:
+        return ""
+    try:
+        await asyncio.wait_for(node.delete(path), timeout=15)
+    except (NodeError, NodeUnreachable, asyncio.TimeoutError) as exc:
+        return (f"could not delete the draft {what} that this command created: "
+                f"{getattr(exc, 'detail', 'the node did not answer')}")
+    return f"deleted the draft {what} that this command created; nothing was published"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    client = _client(args)
+
+    async def run() -> int:
+        async with client as node:
+            answer = await node.get("/api/v1/models", query=args.query, types=args.type, tag=args.tag,
+                                    baseModels=args.base_model, sort=args.sort, limit=args.limit)
+        if args.json:
+            out(json.dumps(answer, indent=2, ensure_ascii=False))
+            return 0
+        if not answer["items"]:
+            out("no models match")
+            return 0
+        rows = []
+        for model in answer["items"]:
+            newest = model["modelVersions"][0] if model["modelVersions"] else {}
+            rows.append((str(model["id"]), _clip(model["name"], 40), model["type"], newest.get("baseModel") or "-",
+                         model["creator"]["username"], str(model["stats"]["downloadCount"]),
+                         newest.get("air") or "-"))
+        _table(("ID", "NAME", "TYPE", "BASE", "CREATOR", "DOWNLOADS", "AIR"), rows)
+        return 0
+
+    return run_async(run())
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    target = args.target.strip()
+
+    async def run() -> int:
+        from node.client import NodeError
+
+        async with client as node:
+            if target.isdigit():
+                model = await _model_as_seen(node, int(target))
+                if not model["modelVersions"]:
+                    raise CommandError(f"model {target} has no version yet")
+                version = model["modelVersions"][0]
+            else:
+                version = await node.resolve_air(target)
+                try:
+                    model = await _model_as_seen(node, version["modelId"])
+                except NodeError:
+                    model = None  # a draft seen through someone else's eyes: the version is all we get
+        if args.json:
+            out(json.dumps({"model": model, "version": version}, indent=2, ensure_ascii=False))
+            return 0
+        _print_summary(model, version)
+        return 0
+
+    return run_async(run())
+
+
+async def _model_as_seen(node: Any, model_id: int) -> Any:
+    """The published model, else (with a token) the caller's own draft."""
+    from node.client import NodeError
+
+    try:
+        return await node.get(f"/api/v1/models/{model_id}")
+    except NodeError as exc:
+        if exc.status != 404 or not node.token:
+            raise
+    return await node.get(f"/api/node/v1/models/{model_id}")
+
+
+def _print_summary(model: Any, version: Any) -> None:
+    name = model["name"] if model else version["model"]["name"]
+    kind = model["type"] if model else version["model"]["type"]
+    out(f"{name} ({kind})")
+    rows = [("model", str(version["modelId"]) + (f", {model['status']}" if model and model.get("status") else "")),
+            ("creator", model["creator"]["username"] if model else "-"),
+            ("version", f"{version['name']} ({version['id']}), {version['status']}"),
+            ("base model", version.get("baseModel") or "-"),
+            ("trigger words", ", ".join(version.get("trainedWords") or []) or "-")]
+    if model:
+        rows += [("tags", ", ".join(model.get("tags") or []) or "-"),
+                 ("downloads", str(model["stats"]["downloadCount"]))]
+    if version.get("images"):
+        rows.append(("images", str(len(version["images"]))))
+    width = max(len(label) for label, _ in rows) + 1
+    for label, value in rows:
+        out(f"  {(label + ':').ljust(width)} {value}")
+    files = version.get("files") or []
+    out("  files:" if files else "  files:  none")
+    for stored in files:
+        meta = stored.get("metadata") or {}
+        details = ", ".join(str(v) for v in (meta.get("format"), meta.get("fp")) if v)
+        primary = "  (primary)" if stored.get("primary") else ""
+        out(f"    {stored['name']}  {_mib(stored['sizeKB'] * 1024)}  {details}{primary}")
+        out(f"      SHA256:   {stored['hashes'].get('SHA256', '-')}")
+        out(f"      download: {stored['downloadUrl']}")
+    out(f"  AIR: {version['air']}")
+
+
 # -- plumbing ----------------------------------------------------------------------------------
 
 
@@ -476,6 +775,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("plugins", cmd_plugins, "list installed plugins: available, enabled, or failed (with the reason)")
 
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--node", metavar="URL",
+                        help="the node to talk to (default: $ATRIUM_NODE, else the node in --data)")
+    remote.add_argument("--token", metavar="TOKEN", help="an API token (default: $ATRIUM_TOKEN)")
+
+    def client_command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common, remote])
+        p.set_defaults(func=func)
+        return p
+
+    p = client_command("publish", cmd_publish, "upload a model file (safetensors or GGUF) with example images "
+                       "and publish it; prints the new version's AIR")
+    p.add_argument("path", metavar="PATH", help="the model file")
+    p.add_argument("--name", help="the model's name (for a new model)")
+    p.add_argument("--type", help="the model type, e.g. Checkpoint, LORA, TextualInversion, VAE (for a new model)")
+    p.add_argument("--base-model", required=True, metavar="BASE", help='e.g. "SD 1.5", "SDXL 1.0", "Flux.1 D"')
+    p.add_argument("--version-name", default="v1", metavar="NAME", help="the version's name (default: v1)")
+    p.add_argument("--description", metavar="TEXT",
+                   help="the model's description (with --model-id: the new version's)")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a tag of the model (repeatable)")
+    p.add_argument("--trigger", action="append", default=[], metavar="WORD",
+                   help="a trigger word of the version (repeatable)")
+    p.add_argument("--nsfw-level", type=int, default=1, metavar="N",
+                   help="content level of the model and its images: 1 PG (default), 2 PG-13, 4 R, 8 X, 16 XXX")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an example image, PNG, JPEG or WebP (repeatable)")
+    p.add_argument("--model-id", type=int, metavar="ID", help="add a version to this existing model of yours")
+    p.add_argument("--draft", action="store_true", help="upload everything but do not publish")
+
+    p = client_command("models", cmd_models, "search the node's published models")
+    p.add_argument("query", nargs="?", metavar="QUERY", help="words to search for in names, tags and descriptions")
+    p.add_argument("--type", metavar="TYPE", help="only this model type, e.g. LORA")
+    p.add_argument("--tag", metavar="TAG", help="only models with this tag")
+    p.add_argument("--base-model", metavar="BASE", help='only models with a version for this base model')
+    p.add_argument("--sort", metavar="SORT", help='"Highest Rated" (default), "Most Downloaded", "Newest", ...')
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N models (default: 20)")
+    p.add_argument("--json", action="store_true", help="print the node's answer as JSON")
+
+    p = client_command("show", cmd_show, "describe a model version by its AIR, or a model by its id")
+    p.add_argument("target", metavar="AIR_OR_MODEL_ID")
+    p.add_argument("--json", action="store_true", help="print the model and the version as JSON")
+
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
     command("check", cmd_config_check, "validate node.toml, the key file and the enabled plugins", config)
@@ -492,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atrium: config error: {exc.detail}", file=sys.stderr)
         return EXIT_USAGE
-    except PluginLoadError as exc:
+    except (PluginLoadError, UsageError) as exc:
         print(f"atrium: {exc.detail}", file=sys.stderr)
         return EXIT_USAGE
     except AtriumError as exc:
@@ -500,6 +841,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`atrium models --json | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
