@@ -15,6 +15,8 @@ from node.core.errors import ConfigError, SchemaOutOfDate
 from node.core.tables import metadata
 
 
+# SQLAlchemy cannot reflect SQLite's expression index (migration 0003); it is skipped on purpose.
+@pytest.mark.filterwarnings("ignore:Skipped unsupported reflection of expression-based index")
 async def test_upgrade_from_nothing_reaches_head_and_matches_the_tables(database_url: str, tmp_path: Path) -> None:
     db = Database(async_database_url(database_url, tmp_path))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -94,11 +95,16 @@ def image_json(request: web.Request, image: Image, *, full: bool = False, userna
     return data
 
 
-def version_json(request: web.Request, record: VersionRecord, model: Model, *,
-                 with_model: bool = False) -> dict[str, Any]:
+def version_json(request: web.Request, record: VersionRecord, model: Model, *, with_model: bool = False,
+                 primary_file_only: bool = False, index: int | None = None) -> dict[str, Any]:
     v = record.version
     rating = v.rating_sum / v.rating_count if v.rating_count else 0
     primary = next((f for f in record.files if f.file.primary), record.files[0] if record.files else None)
+    # As on Civitai: an archived model keeps its page but lists no files (its downloads answer 410),
+    # and a taken-down model also shows no images.
+    files = [] if model.mode in (ModelMode.ARCHIVED, ModelMode.TAKEN_DOWN) else record.files
+    if primary_file_only:
+        files = [f for f in files if f is primary]
     data: dict[str, Any] = {
         "id": v.id,
         "modelId": v.model_id,
@@ -106,6 +112,8 @@ def version_json(request: web.Request, record: VersionRecord, model: Model, *,
         "createdAt": iso(v.created_at),
         "updatedAt": iso(v.updated_at),
         "status": v.status,
+        "availability": "Public",
+        "nsfwLevel": model.nsfw_level,
         "publishedAt": iso(v.published_at),
         "trainedWords": v.trained_words or [],
         "trainingStatus": None,
@@ -117,18 +125,20 @@ def version_json(request: web.Request, record: VersionRecord, model: Model, *,
         "clipSkip": v.clip_skip,
         "stats": {"downloadCount": v.download_count, "ratingCount": v.rating_count, "rating": rating,
                   "thumbsUpCount": v.thumbs_up_count, "thumbsDownCount": v.thumbs_down_count},
-        "files": [] if model.mode == ModelMode.TAKEN_DOWN else [file_json(request, f, v) for f in record.files],
+        "files": [file_json(request, f, v) for f in files],
         "images": [] if model.mode == ModelMode.TAKEN_DOWN else [image_json(request, i) for i in record.images],
-        "downloadUrl": f"{base_url(request)}/api/download/models/{v.id}" if primary else None,
+        "downloadUrl": f"{base_url(request)}/api/download/models/{v.id}" if primary and files else None,
         "air": air_of(request, v, model),
     }
+    if index is not None:
+        data["index"] = index
     if with_model:
         data["model"] = {"name": model.name, "type": model.type, "nsfw": bool(model.nsfw_level & NSFW_LEVELS),
                          "poi": False, "mode": model.mode}
     return data
 
 
-def model_json(request: web.Request, record: ModelRecord) -> dict[str, Any]:
+def model_json(request: web.Request, record: ModelRecord, *, primary_file_only: bool = False) -> dict[str, Any]:
     m = record.model
     rating = m.rating_sum / m.rating_count if m.rating_count else 0
     return {
@@ -137,6 +147,9 @@ def model_json(request: web.Request, record: ModelRecord) -> dict[str, Any]:
         "description": m.description,
         "type": m.type,
         "poi": False,
+        "minor": False,
+        "sfwOnly": False,
+        "availability": "Public",
         "nsfw": bool(m.nsfw_level & NSFW_LEVELS),
         "nsfwLevel": m.nsfw_level,
         "allowNoCredit": m.allow_no_credit,
@@ -150,7 +163,8 @@ def model_json(request: web.Request, record: ModelRecord) -> dict[str, Any]:
                   "tippedAmountCount": 0},
         "creator": {"username": record.creator.username, "image": None},
         "tags": record.tags,
-        "modelVersions": [version_json(request, v, m) for v in record.versions],
+        "modelVersions": [version_json(request, v, m, primary_file_only=primary_file_only, index=i)
+                          for i, v in enumerate(record.versions)],
         # Atrium extras
         "status": m.status,
         "createdAt": iso(m.created_at),
@@ -237,8 +251,11 @@ def model_query(request: web.Request) -> ModelQuery:
 def page_metadata(request: web.Request, q: Any, next_cursor: str | None, total: int | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"pageSize": q.limit}
     if q.page is not None:
-        meta.update(currentPage=q.page, totalItems=total, totalPages=-(-(total or 0) // q.limit))
-        if total is not None and q.page * q.limit < total:
+        meta["currentPage"] = q.page
+        if total is not None:
+            meta.update(totalItems=total, totalPages=-(-total // q.limit))
+        # A next cursor means the query found more rows past this page.
+        if next_cursor:
             meta["nextPage"] = str(request.url.update_query(page=q.page + 1))
     elif next_cursor:
         meta["nextCursor"] = next_cursor
@@ -255,7 +272,8 @@ async def list_models(request: web.Request) -> web.Response:
     q = model_query(request)
     page = await find_models(node.db, q)
     records = await load_models(node.db, page.ids, image_levels=q.browsing_level)
-    return web.json_response({"items": [model_json(request, r) for r in records],
+    primary_only = q_bool(request, "primaryFileOnly") or False
+    return web.json_response({"items": [model_json(request, r, primary_file_only=primary_only) for r in records],
                               "metadata": page_metadata(request, q, page.next_cursor, page.total)})
 
 
@@ -344,26 +362,39 @@ async def list_images(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "metadata": page_metadata(request, q, page.next_cursor, None)})
 
 
+def list_metadata(request: web.Request, page: int, limit: int, more: bool) -> dict[str, Any]:
+    """Page metadata of creators and tags: nextPage only when another page has rows."""
+    meta: dict[str, Any] = {"currentPage": page, "pageSize": limit}
+    if more:
+        meta["nextPage"] = str(request.url.update_query(page=page + 1))
+    return meta
+
+
 @routes.get("/api/v1/creators")
 async def list_creators(request: web.Request) -> web.Response:
     page, limit = paging(request)
-    rows = await creators_with_models(request.app[NODE].db, query=request.query.get("query"), page=page, limit=limit)
+    db, query = request.app[NODE].db, request.query.get("query")
+    rows = await creators_with_models(db, query=query, page=page, limit=limit)
+    # The first row of the next page (pages of one row: page n starts at row n-1), to tell if there is one.
+    more = await creators_with_models(db, query=query, page=page * limit + 1, limit=1) if len(rows) == limit else []
     base = base_url(request)
     return web.json_response({
-        "items": [{"username": name, "modelCount": count, "link": f"{base}/api/v1/models?username={name}",
+        "items": [{"username": name, "modelCount": count, "link": f"{base}/api/v1/models?{urlencode({'username': name})}",
                    "image": None} for name, count in rows],
-        "metadata": {"currentPage": page, "pageSize": limit}})
+        "metadata": list_metadata(request, page, limit, bool(more))})
 
 
 @routes.get("/api/v1/tags")
 async def list_tags(request: web.Request) -> web.Response:
     page, limit = paging(request)
-    rows = await tags_with_models(request.app[NODE].db, query=request.query.get("query"), page=page, limit=limit)
+    db, query = request.app[NODE].db, request.query.get("query")
+    rows = await tags_with_models(db, query=query, page=page, limit=limit)
+    more = await tags_with_models(db, query=query, page=page * limit + 1, limit=1) if len(rows) == limit else []
     base = base_url(request)
     return web.json_response({
-        "items": [{"name": name, "modelCount": count, "link": f"{base}/api/v1/models?tag={name}"}
+        "items": [{"name": name, "modelCount": count, "link": f"{base}/api/v1/models?{urlencode({'tag': name})}"}
                   for name, count in rows],
-        "metadata": {"currentPage": page, "pageSize": limit}})
+        "metadata": list_metadata(request, page, limit, bool(more))})
 
 
 @routes.get("/api/v1/enums")

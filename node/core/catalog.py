@@ -17,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from node.core.db import Database
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound
+from node.core.search import search_document
 from node.core.tables import (Comment, Image, ImageReaction, Model, ModelFile, ModelReaction, ModelSearch,
                               ModelTag, ModelVersion, Review, Role, Tag, User, utcnow)
 from node.core.vocabulary import (CommercialUse, ModelMode, ModelStatus, ModelType, NsfwLevel, ReactionKind,
@@ -231,7 +232,7 @@ class Catalog:
                                     .where(ModelVersion.model_id == model.id))).all()
         parts = [model.name, " ".join(tags), " ".join(w for ws in words for w in (ws or [])),
                  owner.username if owner else "", model.description]
-        document = "\n".join(p for p in parts if p)
+        document = search_document(parts)
         row = await session.get(ModelSearch, model.id)
         if row is None:
             session.add(ModelSearch(model_id=model.id, document=document))

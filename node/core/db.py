@@ -23,8 +23,13 @@ from node.core.errors import ConfigError, SchemaOutOfDate
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so that starting a node need not import Alembic (a quarter of a
 # second); tests/test_migrations.py fails when it is not Alembic's head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0004"
 VERSION_TABLE = "alembic_version"
+# Indexes that only migrations create: the tsvector's, and those of migration 0003 (an expression
+# index cannot be declared on a table class).
+MIGRATION_ONLY_INDEXES = {"ix_model_search_tsv", "ix_model_tags_tag_model", "ix_models_status_rating",
+                          "ix_models_status_published_at", "ix_models_status_download_count",
+                          "ix_models_status_like_count"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def declared_in_tables(obj: Any, name: str | None, type_: str, reflected: bool, 
     (the FTS5 table and its shadow tables on SQLite, the tsvector column on PostgreSQL)."""
     if type_ == "table" and name and name.startswith("model_search_fts"):
         return False
-    if type_ == "index" and name == "ix_model_search_tsv":
+    if type_ == "index" and name in MIGRATION_ONLY_INDEXES:
         return False
     if type_ == "column" and name == "tsv" and getattr(obj, "table", None) is not None \
             and obj.table.name == "model_search":
@@ -80,6 +85,11 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine, busy_timeout_ms)
         self.sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        self._closers: list[Any] = []
+
+    def on_close(self, closer: Any) -> None:
+        """Run `closer()` when the database is closed (resources opened beside the engine)."""
+        self._closers.append(closer)
 
     @classmethod
     def from_config(cls, config: Config) -> Database:
@@ -125,6 +135,9 @@ class Database:
         return await self.schema_status()
 
     async def close(self) -> None:
+        for closer in reversed(self._closers):
+            closer()
+        self._closers.clear()
         await self.engine.dispose()
 
     @asynccontextmanager
