@@ -6,6 +6,7 @@ unknown fields keep working.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from node.api.bodies import int_param, read_json
 from node.api.keys import NODE
 from node.core.catalog import version_air
 from node.core.errors import InvalidInput, NotFound
-from node.core.ingest import versions_by_hashes
+from node.core.ingest import by_hash_cache, versions_by_hashes
 from node.core.records import FileRecord, ModelRecord, VersionRecord, load_images, load_models, load_versions
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
@@ -306,10 +307,18 @@ async def get_version(request: web.Request) -> web.Response:
 @routes.get("/api/v1/model-versions/by-hash/{hash}")
 async def version_by_hash(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    found = await versions_by_hashes(node.db, [request.match_info["hash"]])
-    if not found:
-        raise NotFound(f"no model version has a file with hash {request.match_info['hash']!r}")
-    return web.json_response(await _published_version(request, found[0]))
+    text = request.match_info["hash"]
+    # The answer depends only on the database and the base URL; it is kept until the next commit.
+    cache = by_hash_cache(node.db)
+    key = (base_url(request), text)
+    generation, body = cache.get(key)
+    if body is None:
+        found = await versions_by_hashes(node.db, [text])
+        if not found:
+            raise NotFound(f"no model version has a file with hash {text!r}")
+        body = json.dumps(await _published_version(request, found[0])).encode()
+        cache.put(generation, key, body)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 @routes.post("/api/v1/model-versions/by-hash")

@@ -16,13 +16,17 @@ import asyncio
 import os
 import re
 import secrets
+import sqlite3
 import unicodedata
+import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from sqlalchemy import update
 from sqlmodel import col, select
 
@@ -35,12 +39,16 @@ from node.core.files import atomic_write_bytes
 from node.core.formats import (GGUF, OTHER, PICKLE_TENSOR, SAFETENSOR, SNIFF_BYTES,
                                SafetensorsHeaderReader, SafetensorsInfo, refuse_pickle, sniff_format)
 from node.core.hashes import FileHasher, FileHashes, normalize_hash
+from node.core.records import read
 from node.core.tables import (FileHash, Image, ImageResource, Model, ModelFile, ModelVersion, Upload, User,
                               utcnow)
 from node.core.vocabulary import FileType, parse_enum
 
 if TYPE_CHECKING:
     from node.core.images import ImageInfo
+
+_FILES = ModelFile.__table__  # type: ignore[attr-defined]
+_HASHES = FileHash.__table__  # type: ignore[attr-defined]
 
 # Pieces are gathered to this size before each write to disk (one thread hand-off per MiB).
 WRITE_BATCH_BYTES = 1024 * 1024
@@ -369,6 +377,12 @@ async def _version_for_hash(session, text: str) -> int | None:  # type: ignore[n
     return row
 
 
+def _versions_for_values(conn: Any, values: list[str]) -> list[tuple[str, int]]:
+    return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+        sa.select(_HASHES.c.value, _FILES.c.version_id).join(_FILES, _FILES.c.id == _HASHES.c.file_id)
+        .where(_HASHES.c.value.in_(values)))]
+
+
 async def versions_by_hashes(db: Database, hashes: Sequence[str]) -> list[int]:
     """Version ids of files with any of these hashes (any kind, any case), in the order asked, once each."""
     values = []
@@ -380,10 +394,8 @@ async def versions_by_hashes(db: Database, hashes: Sequence[str]) -> list[int]:
                                "SHA256 or BLAKE3)") from None
     if not values:
         return []
-    async with db.session() as session:
-        rows = (await session.exec(select(FileHash.value, ModelFile.version_id)
-                                   .join(ModelFile, col(ModelFile.id) == col(FileHash.file_id))
-                                   .where(col(FileHash.value).in_(values)))).all()
+    # One indexed Core query on a reader thread (no ORM session): this is the by-hash API's hot path.
+    rows = await read(db, lambda conn: _versions_for_values(conn, values))
     by_value: dict[str, list[int]] = {}
     for value, version_id in rows:
         by_value.setdefault(value, []).append(version_id)
@@ -394,3 +406,76 @@ async def versions_by_hashes(db: Database, hashes: Sequence[str]) -> list[int]:
                 ordered.append(version_id)
     return ordered
 
+
+class ReadCache:
+    """A small LRU of answers computed from the database, dropped whole whenever the database changes.
+
+    On SQLite, `PRAGMA data_version` on a private read-only connection says (in microseconds, without
+    leaving the event loop) whether any other connection committed since the last look; every write of
+    the node goes through other connections, so an entry is never served after a commit that could
+    change it (download counts included). Elsewhere (PostgreSQL, in-memory SQLite) nothing is cached.
+    Use: `generation, value = cache.get(key)`; on a miss compute the value and `cache.put(generation,
+    key, value)`, which keeps it only if the database did not change in between.
+    """
+
+    def __init__(self, db: Database, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Any, Any] = OrderedDict()
+        self._seen: int | None = None
+        self._conn: sqlite3.Connection | None = None
+        database = db.engine.url.database if db.dialect == "sqlite" else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            try:
+                self._conn = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+                self._conn.execute("PRAGMA query_only = ON")
+            except sqlite3.Error:
+                self._conn = None
+            else:
+                db.on_close(self.close)
+
+    def _generation(self) -> int | None:
+        if self._conn is None:
+            return None
+        try:
+            current = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self._entries.clear()
+            return None
+        if current != self._seen:
+            self._entries.clear()
+            self._seen = current
+        return current
+
+    def get(self, key: Any) -> tuple[int | None, Any]:
+        generation = self._generation()
+        if generation is None:
+            return None, None
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return generation, value
+
+    def put(self, generation: int | None, key: Any, value: Any) -> None:
+        if generation is None or self._generation() != generation:
+            return
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._entries.clear()
+        if conn is not None:
+            conn.close()
+
+
+_read_caches: weakref.WeakKeyDictionary[Database, ReadCache] = weakref.WeakKeyDictionary()
+
+
+def by_hash_cache(db: Database) -> ReadCache:
+    """The cache of by-hash API answers for this database (one per database)."""
+    cache = _read_caches.get(db)
+    if cache is None:
+        cache = _read_caches[db] = ReadCache(db)
+    return cache

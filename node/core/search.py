@@ -17,6 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.elements import UnaryExpression
+from sqlalchemy.sql.operators import custom_op
 from sqlmodel import col, select
 
 from node.core.db import Database
@@ -41,6 +43,10 @@ PERIOD_DAYS = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 30, Period.YEAR: 365
 # (a type, a popular tag or word) fill a page from the first window, and sorting all of their tens of
 # thousands of matches cost 50-250 ms a request on 100,000 models (bench/catalog_queries.py).
 SORT_WINDOWS = (400, 4000)
+# On SQLite, a filter matching at most this many models drives the listing (node.core.search
+# _sqlite_candidates); below CANDIDATE_SMALL the other filters are checked per candidate.
+CANDIDATE_CAP = 3000
+CANDIDATE_SMALL = 300
 
 
 class PageCapExceeded(InvalidInput):
@@ -173,10 +179,13 @@ def decode_cursor(cursor: str) -> tuple[Any, int]:
         raise InvalidInput("cursor: not a cursor this node gave out") from None
 
 
-def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False) -> Any:
+def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False, skip: frozenset[str] = frozenset()) -> Any:
     # sa.select, not sqlmodel's: rows keep every column (sqlmodel returns scalars for one column).
-    stmt = sa.select(col(Model.id)).where(Model.status == "Published")
-    if q.query:
+    # `skip` names filters (query, tag, types) that the caller has already applied another way.
+    stmt = sa.select(col(Model.id))
+    # Unary + keeps SQLite from walking an index led by status when the caller drives by id.
+    stmt = stmt.where(_unindexed(col(Model.status)) == "Published" if "status" in skip else Model.status == "Published")
+    if q.query and "query" not in skip:
         words = query_words(q.query)
         if words:
             if dialect == "sqlite":
@@ -186,7 +195,7 @@ def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False) -> Any:
             else:
                 match = sa.text("tsv @@ to_tsquery('simple', :expr)").bindparams(expr=tsquery_expression(words))
                 stmt = stmt.where(col(Model.id).in_(select(ModelSearch.model_id).where(match)))
-    if q.tag:
+    if q.tag and "tag" not in skip:
         tag_name = " ".join(q.tag.strip().lower().split())
         if windowed:
             # One primary-key probe per candidate, instead of listing every model with the tag.
@@ -197,7 +206,7 @@ def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False) -> Any:
                 select(ModelTag.model_id).join(Tag, col(Tag.id) == col(ModelTag.tag_id)).where(Tag.name == tag_name)))
     if q.username:
         stmt = stmt.where(col(Model.owner_id).in_(select(User.id).where(User.username_key == q.username.lower())))
-    if q.types:
+    if q.types and "types" not in skip:
         stmt = stmt.where(col(Model.type).in_(q.types))
     if q.base_models:
         stmt = stmt.where(col(Model.id).in_(
@@ -253,7 +262,23 @@ def _find_models(conn: Any, q: ModelQuery, dialect: str) -> ModelPage:
     offset = (q.page - 1) * q.limit if q.page is not None else 0
     wanted = q.limit + 1
     rows = None
-    for size in SORT_WINDOWS:
+    candidates = _sqlite_candidates(conn, q) if dialect == "sqlite" else None
+    if candidates is not None:
+        ids, skip = candidates
+        if not ids:
+            rows = []
+        else:
+            small = len(ids) <= CANDIDATE_CAP
+            stmt = _base_query(q, dialect, windowed=True, skip=skip | {"status"} if small else skip).where(col(Model.id).in_(
+                sa.select(sa.column("value", sa.Integer)).select_from(sa.func.json_each(sa.bindparam("ids", json.dumps(sorted(ids)))))))
+            if after is not None:
+                stmt = stmt.where(after)
+            # The same order, by expressions no index serves: candidates are read by id, then sorted.
+            # (A large set of a dense combination is better found walking the sort's index.)
+            by = [_unindexed(key), _unindexed(col(Model.id))] if small else [key, col(Model.id)]
+            by = [b.desc() for b in by] if descending else [b.asc() for b in by]
+            rows = conn.execute(stmt.add_columns(key).order_by(*by).limit(wanted).offset(offset)).all()
+    for size in SORT_WINDOWS if rows is None else ():
         # The first `size` published models in sort order (read from the sort's index), then the filters.
         window = sa.select(col(Model.id)).where(Model.status == "Published")
         if after is not None:
@@ -277,6 +302,51 @@ def _find_models(conn: Any, q: ModelQuery, dialect: str) -> ModelPage:
     rows = rows[: q.limit]
     next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
     return ModelPage(ids=[row[0] for row in rows], next_cursor=next_cursor, total=total)
+
+
+def _unindexed(expr: Any) -> Any:
+    """`+expr`: the same value, but SQLite will not use an index for it."""
+    return UnaryExpression(expr, operator=custom_op("+"), type_=expr.type)
+
+
+def _sqlite_candidates(conn: Any, q: ModelQuery) -> tuple[set[int], frozenset[str]] | None:
+    """On SQLite, a small superset of the models matching the query, tag and types filters, from the
+    most selective of them: each filter's model ids are read (from the tag index, the type index or the
+    FTS doclists) up to CANDIDATE_CAP; those that have no more are intersected. None when every filter
+    matches more (the sort windows then find the page faster than the lists could be read)."""
+    lists: list[tuple[str, Any, dict[str, Any]]] = []
+    if q.tag:
+        tag_name = " ".join(q.tag.strip().lower().split())
+        lists.append(("tag", "SELECT model_id FROM model_tags WHERE tag_id = (SELECT id FROM tags WHERE name = :name) "
+                             "LIMIT :cap", {"name": tag_name}))
+    if q.types:
+        types = {f"t{i}": t for i, t in enumerate(q.types)}
+        lists.append(("types", "SELECT id FROM models WHERE type IN (%s) LIMIT :cap" %
+                      ", ".join(":" + k for k in types), types))
+    if q.query:
+        words = query_words(q.query)
+        if words:
+            lists.append(("query", "SELECT rowid FROM model_search_fts WHERE model_search_fts MATCH :expr LIMIT :cap",
+                          {"expr": fts5_expression(words)}))
+    found: set[int] | None = None
+    skip: set[str] = set()
+    for name, sql, params in lists:
+        ids = [r[0] for r in conn.execute(sa.text(sql), {**params, "cap": CANDIDATE_CAP + 1})]
+        if len(ids) > CANDIDATE_CAP:
+            continue
+        found = set(ids) if found is None else found.intersection(ids)
+        skip.add(name)
+        if len(found) <= CANDIDATE_SMALL:
+            break  # few enough to check the other filters one by one
+    if found is None:
+        if len(lists) < 2:
+            return None  # one broad filter: the first sort window fills the page
+        # Several broad filters, whose combination may be rare: the first (a tag's or the query's
+        # models, usually fewer than a type's) drives, read whole; the others are checked per candidate.
+        name, sql, params = lists[0]
+        found = {r[0] for r in conn.execute(sa.text(sql), {**params, "cap": -1})}
+        skip.add(name)
+    return found, frozenset(skip)
 
 
 @dataclass
