@@ -25,7 +25,7 @@ from node.core.db import Database
 from node.core.errors import InvalidInput
 from node.core.records import read
 from node.core.tables import Model, ModelFile, ModelSearch, ModelTag, ModelVersion, Tag, User, utcnow
-from node.core.vocabulary import ModelSort, NsfwLevel, Period
+from node.core.vocabulary import ALL_BROWSING_LEVELS, ModelSort, NsfwLevel, Period
 
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 100
@@ -35,7 +35,7 @@ MAX_QUERY_WORDS = 12
 # Letters and digits; everything else (punctuation, underscores, spaces) separates words.
 WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 SAFE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13)
-VISIBLE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13 | NsfwLevel.R | NsfwLevel.X | NsfwLevel.XXX)
+VISIBLE_LEVELS = int(ALL_BROWSING_LEVELS)
 
 PERIOD_DAYS = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 30, Period.YEAR: 365}
 # A listing first looks for its page among this many published models, taken in the requested order
