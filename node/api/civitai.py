@@ -383,27 +383,24 @@ def list_metadata(request: web.Request, page: int, limit: int, more: bool) -> di
 async def list_creators(request: web.Request) -> web.Response:
     page, limit = paging(request)
     db, query = request.app[NODE].db, request.query.get("query")
-    rows = await creators_with_models(db, query=query, page=page, limit=limit)
-    # The first row of the next page (pages of one row: page n starts at row n-1), to tell if there is one.
-    more = await creators_with_models(db, query=query, page=page * limit + 1, limit=1) if len(rows) == limit else []
+    rows, more = await creators_with_models(db, query=query, page=page, limit=limit)
     base = base_url(request)
     return web.json_response({
         "items": [{"username": name, "modelCount": count, "link": f"{base}/api/v1/models?{urlencode({'username': name})}",
                    "image": None} for name, count in rows],
-        "metadata": list_metadata(request, page, limit, bool(more))})
+        "metadata": list_metadata(request, page, limit, more)})
 
 
 @routes.get("/api/v1/tags")
 async def list_tags(request: web.Request) -> web.Response:
     page, limit = paging(request)
     db, query = request.app[NODE].db, request.query.get("query")
-    rows = await tags_with_models(db, query=query, page=page, limit=limit)
-    more = await tags_with_models(db, query=query, page=page * limit + 1, limit=1) if len(rows) == limit else []
+    rows, more = await tags_with_models(db, query=query, page=page, limit=limit)
     base = base_url(request)
     return web.json_response({
         "items": [{"name": name, "modelCount": count, "link": f"{base}/api/v1/models?{urlencode({'tag': name})}"}
                   for name, count in rows],
-        "metadata": list_metadata(request, page, limit, bool(more))})
+        "metadata": list_metadata(request, page, limit, more)})
 
 
 @routes.get("/api/v1/enums")

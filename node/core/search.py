@@ -411,26 +411,33 @@ async def find_images(db: Database, q: ImageQuery) -> ModelPage:
     return ModelPage(ids=[r[0] for r in rows], next_cursor=encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None)
 
 
-async def creators_with_models(db: Database, *, query: str | None, page: int, limit: int) -> list[tuple[str, int]]:
-    """(username, published model count), most prolific first; `query` matches part of the name."""
-    stmt = (select(User.username, sa.func.count(col(Model.id)))
-            .join(Model, col(Model.owner_id) == col(User.id))
-            .where(Model.status == "Published").group_by(col(User.username)))
+async def _names_with_counts(db: Database, stmt: Any, name: Any, match: Any, *, query: str | None, page: int,
+                             limit: int) -> tuple[list[tuple[str, int]], bool]:
+    """One page of (name, count) rows, largest count first, and whether another page follows."""
+    count = sa.func.count(col(Model.id))
     if query:
-        stmt = stmt.where(col(User.username_key).contains(query.lower(), autoescape=True))
-    stmt = stmt.order_by(sa.func.count(col(Model.id)).desc(), col(User.username)).offset((page - 1) * limit).limit(limit)
+        stmt = stmt.where(match.contains(query.lower(), autoescape=True))
+    stmt = stmt.group_by(name).order_by(count.desc(), name).offset((page - 1) * limit).limit(limit + 1)
     async with db.session() as session:
-        return [(name, count) for name, count in (await session.exec(stmt)).all()]
+        rows = [(n, c) for n, c in (await session.exec(stmt)).all()]
+    return rows[:limit], len(rows) > limit
 
 
-async def tags_with_models(db: Database, *, query: str | None, page: int, limit: int) -> list[tuple[str, int]]:
-    """(tag, published model count), most used first; `query` matches part of the tag."""
+async def creators_with_models(db: Database, *, query: str | None, page: int,
+                               limit: int) -> tuple[list[tuple[str, int]], bool]:
+    """(username, published model count), most prolific first, and whether more follow; `query`
+    matches part of the name."""
+    stmt = (select(User.username, sa.func.count(col(Model.id)))
+            .join(Model, col(Model.owner_id) == col(User.id)).where(Model.status == "Published"))
+    return await _names_with_counts(db, stmt, col(User.username), col(User.username_key), query=query,
+                                    page=page, limit=limit)
+
+
+async def tags_with_models(db: Database, *, query: str | None, page: int,
+                           limit: int) -> tuple[list[tuple[str, int]], bool]:
+    """(tag, published model count), most used first, and whether more follow; `query` matches part
+    of the tag."""
     stmt = (select(Tag.name, sa.func.count(col(Model.id)))
             .join(ModelTag, col(ModelTag.tag_id) == col(Tag.id))
-            .join(Model, col(Model.id) == col(ModelTag.model_id))
-            .where(Model.status == "Published").group_by(col(Tag.name)))
-    if query:
-        stmt = stmt.where(col(Tag.name).contains(query.lower(), autoescape=True))
-    stmt = stmt.order_by(sa.func.count(col(Model.id)).desc(), col(Tag.name)).offset((page - 1) * limit).limit(limit)
-    async with db.session() as session:
-        return [(name, count) for name, count in (await session.exec(stmt)).all()]
+            .join(Model, col(Model.id) == col(ModelTag.model_id)).where(Model.status == "Published"))
+    return await _names_with_counts(db, stmt, col(Tag.name), col(Tag.name), query=query, page=page, limit=limit)
