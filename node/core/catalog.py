@@ -89,6 +89,18 @@ def check_trained_words(words: Sequence[str]) -> list[str]:
     return [check_text(w, "trained_words", maximum=TRAINED_WORD_MAX) for w in words]
 
 
+async def _toggle(session: AsyncSession, row: Any, key: tuple[Any, ...], on: bool) -> int:
+    """Make `row` (a reaction) exist or not; +1, -1 or 0 as the count of such rows changed."""
+    existing = await session.get(type(row), key)
+    if on and existing is None:
+        session.add(row)
+        return 1
+    if not on and existing is not None:
+        await session.delete(existing)
+        return -1
+    return 0
+
+
 @dataclass
 class ModelChanges:
     """Fields a creator may set on a model; None means "leave as is"."""
@@ -353,15 +365,8 @@ class Catalog:
         kind = parse_enum(ReactionKind, reaction, "reaction")
         async with self.db.session() as session:
             model = await self._model(session, model_id, user)
-            key = (model.id, user.id, kind.value)
-            existing = await session.get(ModelReaction, key)
-            delta = 0
-            if on and existing is None:
-                session.add(ModelReaction(model_id=model.id, user_id=user.id, reaction=kind.value))
-                delta = 1
-            elif not on and existing is not None:
-                await session.delete(existing)
-                delta = -1
+            delta = await _toggle(session, ModelReaction(model_id=model.id, user_id=user.id, reaction=kind.value),
+                                  (model.id, user.id, kind.value), on)
             counter = {ReactionKind.LIKE: "like_count", ReactionKind.HEART: "like_count",
                        ReactionKind.DISLIKE: "dislike_count"}.get(kind)
             if delta and counter:
@@ -378,14 +383,8 @@ class Catalog:
             image = await session.get(Image, image_id)
             if image is None:
                 raise NotFound(f"no image {image_id}")
-            existing = await session.get(ImageReaction, (image.id, user.id, kind.value))
-            delta = 0
-            if on and existing is None:
-                session.add(ImageReaction(image_id=image.id, user_id=user.id, reaction=kind.value))
-                delta = 1
-            elif not on and existing is not None:
-                await session.delete(existing)
-                delta = -1
+            delta = await _toggle(session, ImageReaction(image_id=image.id, user_id=user.id, reaction=kind.value),
+                                  (image.id, user.id, kind.value), on)
             if delta:
                 await session.exec(update(Image).where(col(Image.id) == image.id)  # type: ignore[call-overload]
                                    .values({counter: getattr(Image, counter) + delta}))
