@@ -694,6 +694,36 @@ def _print_summary(model: Any, version: Any) -> None:
 # -- plumbing ----------------------------------------------------------------------------------
 
 
+# -- verify ------------------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check files against a signed manifest, offline: signature first, then each file's size and SHA-256."""
+    from node.core.manifests import ManifestError, check_file, files_to_check, open_manifest
+
+    manifest_path = _existing_file(args.manifest, "--manifest")
+    try:
+        data = manifest_path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--manifest: cannot read {manifest_path}: {exc.strerror}") from None
+    manifest = open_manifest(data, trusted_keys=[args.key] if args.key else None)
+    target = Path(args.path)
+    failures = 0
+    for path, expected in files_to_check(target, manifest):
+        try:
+            check_file(path, expected)
+        except ManifestError as exc:
+            print(f"FAILED {exc.detail}", file=sys.stderr)
+            failures += 1
+            continue
+        out(f"OK     {expected.name}  {_mib(expected.size)}  sha256:{expected.sha256}")
+    signer = manifest.key_id if args.key else f"{manifest.key_id} (not pinned: pass --key NODE_ID to require it)"
+    out(f"manifest of {manifest.air} signed by {signer}")
+    if failures:
+        raise CommandError(f"{failures} of {len(manifest.files)} files do not match the manifest")
+    return 0
+
+
 def _config(args: argparse.Namespace) -> Config:
     return load_config(resolve_data_dir(args.data))
 
@@ -816,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_command("show", cmd_show, "describe a model version by its AIR, or a model by its id")
     p.add_argument("target", metavar="AIR_OR_MODEL_ID")
     p.add_argument("--json", action="store_true", help="print the model and the version as JSON")
+
+    p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
+    p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")
+    p.add_argument("--manifest", required=True, metavar="FILE",
+                   help="the manifest (GET /api/node/v1/versions/ID/manifest)")
+    p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
 
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

@@ -110,6 +110,8 @@ async def _set_status(request: web.Request, status: ModelStatus) -> web.Response
     model = await request.app[NODE].catalog.set_status(current_user(request), int_param(request, "id"), status)
     if status == ModelStatus.DELETED:
         return web.json_response({"id": model.id, "status": model.status})
+    if status == ModelStatus.PUBLISHED:
+        request.app[NODE].distribution.schedule_model(model.id)  # torrents and the signed manifest
     return await model_answer(request, model.id)  # type: ignore[arg-type]
 
 

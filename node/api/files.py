@@ -78,7 +78,9 @@ async def append_upload(request: web.Request) -> web.Response:
     if progress.file is None:
         return web.json_response(upload_json(progress.upload, request), headers=headers)
     found = await load_versions(node.db, [progress.file.version_id])
-    record, _model = found[0]
+    record, model = found[0]
+    if record.version.status == ModelStatus.PUBLISHED and model.status == ModelStatus.PUBLISHED:
+        node.distribution.schedule_version(record.version.id)  # a file added to a published version
     file_record = next(f for f in record.files if f.file.id == progress.file.id)
     return web.json_response({"upload": upload_json(progress.upload, request),
                               "file": file_json(request, file_record, record.version)}, status=201, headers=headers)

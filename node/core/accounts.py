@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -242,23 +243,24 @@ class Accounts:
                                   "or `?token=<token>`")
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 128:
             raise Unauthenticated("the API token is not valid")
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             row = (await session.exec(
                 select(ApiToken, User).join(User, col(User.id) == col(ApiToken.user_id))
                 .where(ApiToken.token_hash == hash_token(secret)))).first()
-            if row is None:
-                raise Unauthenticated("the API token is not valid")
-            token, user = row
-            now = utcnow()
-            if token.revoked_at is not None:
-                raise Unauthenticated("the API token was revoked")
-            if token.expires_at is not None and token.expires_at <= now:
-                raise Unauthenticated("the API token has expired")
-            if user.disabled:
-                raise Unauthenticated("this account is disabled")
-            if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
-                token.last_used_at = now
-                session.add(token)
+        if row is None:
+            raise Unauthenticated("the API token is not valid")
+        token, user = row
+        now = utcnow()
+        if token.revoked_at is not None:
+            raise Unauthenticated("the API token was revoked")
+        if token.expires_at is not None and token.expires_at <= now:
+            raise Unauthenticated("the API token has expired")
+        if user.disabled:
+            raise Unauthenticated("this account is disabled")
+        if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+            async with self.db.session() as session:
+                await session.exec(update(ApiToken).where(col(ApiToken.id) == token.id)  # type: ignore[call-overload]
+                                   .values(last_used_at=now))
                 await session.commit()
         return user
 

@@ -337,7 +337,7 @@ class Catalog:
 
     async def visible_model(self, user: User | None, model_id: int) -> Model:
         """A model if `user` may see it (published, or theirs to edit); NotFound otherwise."""
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             return await self._model(session, model_id, user)
 
     async def version_ids(self, model_id: int, *, published_only: bool = True) -> list[int]:
@@ -345,17 +345,17 @@ class Catalog:
         stmt = select(ModelVersion.id).where(ModelVersion.model_id == model_id)
         if published_only:
             stmt = stmt.where(ModelVersion.status == ModelStatus.PUBLISHED.value)
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             return list((await session.exec(stmt.order_by(col(ModelVersion.id).desc()))).all())
 
     async def visible_version(self, user: User | None, version_id: int) -> tuple[ModelVersion, Model]:
         """A version and its model if `user` may see them; NotFound otherwise."""
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             return await self._version(session, version_id, user)
 
     async def editable_version(self, user: User, version_id: int) -> tuple[ModelVersion, Model]:
         """A version and its model if `user` may change them; NotFound or Forbidden otherwise."""
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             return await self._version(session, version_id, user, edit=True)
 
     # -- community ---------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ class Catalog:
         """A model's comments with their authors' names, newest first; `before` pages by comment id."""
         if not 1 <= limit <= 200:
             raise InvalidInput("limit: must be from 1 to 200")
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             await self._model(session, model_id, user)
             stmt = (select(Comment, User.username).join(User, col(User.id) == col(Comment.user_id))
                     .where(Comment.model_id == model_id))
@@ -459,7 +459,7 @@ class Catalog:
         """A version's reviews with their authors' names, newest first."""
         if not 1 <= limit <= 200:
             raise InvalidInput("limit: must be from 1 to 200")
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             await self._version(session, version_id, user)
             stmt = (select(Review, User.username).join(User, col(User.id) == col(Review.user_id))
                     .where(Review.version_id == version_id))

@@ -23,7 +23,7 @@ from node.core.errors import ConfigError, SchemaOutOfDate
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so that starting a node need not import Alembic (a quarter of a
 # second); tests/test_migrations.py fails when it is not Alembic's head.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 VERSION_TABLE = "alembic_version"
 # Indexes that only migrations create: the tsvector's, and those of migration 0003 (an expression
 # index cannot be declared on a table class).
@@ -84,7 +84,13 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             _configure_sqlite(self.engine, busy_timeout_ms)
-        self.sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        # On SQLite a session that reads and then writes must hold the write lock from its first
+        # statement: a deferred transaction cannot upgrade once another connection has committed
+        # ("database is locked" at once, whatever the busy timeout). `session()` therefore begins
+        # IMMEDIATE there; `read_session()` stays deferred, for work that never writes.
+        writer = self.engine.execution_options(atrium_begin="BEGIN IMMEDIATE")
+        self.sessionmaker = async_sessionmaker(writer, class_=AsyncSession, expire_on_commit=False)
+        self.read_sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
         self._closers: list[Any] = []
 
     def on_close(self, closer: Any) -> None:
@@ -105,8 +111,14 @@ class Database:
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session; commit explicitly, it rolls back on error and is closed on exit."""
+        """A session that may write; commit explicitly, it rolls back on error and is closed on exit."""
         async with self.sessionmaker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads only: on SQLite it does not take the write lock."""
+        async with self.read_sessionmaker() as session:
             yield session
 
     async def schema_status(self) -> SchemaStatus:
@@ -189,4 +201,4 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(conn.get_execution_options().get("atrium_begin", "BEGIN"))

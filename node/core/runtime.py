@@ -1,4 +1,5 @@
-"""The running node: configuration, identity, database, accounts and plugins, opened and closed together."""
+"""The running node: configuration, identity, database, accounts, catalog, distribution and plugins,
+opened and closed together."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from node.core.blobs import BlobStore
 from node.core.catalog import Catalog
 from node.core.config import Config
 from node.core.db import Database
+from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
@@ -38,6 +40,7 @@ class Node:
     blobs: BlobStore
     catalog: Catalog
     ingest: Ingest
+    distribution: Distribution
     version: str = __version__
 
     @property
@@ -85,7 +88,8 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     blobs = BlobStore(config.blobs_path)
     catalog = Catalog(db, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
-                blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage))
+                blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
+                distribution=Distribution(db, blobs, identity, config.node.name))
     try:
         if migrate:
             status = await db.upgrade()
@@ -97,9 +101,11 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             await plugins.call_each("atrium_startup", [name], node=node)
             started.append(name)
         chores = asyncio.create_task(housekeeping(node), name="atrium-housekeeping")
+        node.distribution.start()
         try:
             yield node
         finally:
+            await node.distribution.close()
             chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await chores

@@ -322,3 +322,31 @@ class ModelSearch(SQLModel, table=True):
 
     model_id: int = Field(foreign_key="models.id", ondelete="CASCADE", primary_key=True)
     document: str = Field(sa_type=sa.Text)
+
+
+class FileTorrent(SQLModel, table=True):
+    """A file's torrent (node/core/torrents.py), made when its version is published: the bencoded
+    info dictionary and piece layers, without web seeds (those are added when it is served)."""
+
+    __tablename__ = "file_torrents"
+
+    file_id: int = Field(foreign_key="model_files.id", ondelete="CASCADE", primary_key=True)
+    info_hash_v1: str = Field(max_length=40, index=True)
+    info_hash_v2: str = Field(max_length=64, index=True)
+    file_root: str = Field(max_length=64)
+    piece_size: int
+    data: bytes = Field(sa_type=sa.LargeBinary)
+    created_at: datetime = timestamp()
+
+
+class VersionManifest(SQLModel, table=True):
+    """A version's signed manifest (node/core/manifests.py): the DSSE envelope exactly as signed and
+    served. `files_digest` names the set of files it covers, so a changed version gets a new one."""
+
+    __tablename__ = "version_manifests"
+
+    version_id: int = Field(foreign_key="model_versions.id", ondelete="CASCADE", primary_key=True)
+    envelope: bytes = Field(sa_type=sa.LargeBinary)
+    files_digest: str = Field(max_length=64)
+    key_id: str = Field(max_length=128)
+    created_at: datetime = timestamp()

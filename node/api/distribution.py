@@ -1,0 +1,60 @@
+"""Sharing files: a version's signed manifest, each file's `.torrent` and magnet link."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from node.api.auth import optional_user
+from node.api.bodies import int_param
+from node.api.civitai import base_url
+from node.api.files import content_disposition
+from node.api.keys import NODE
+from node.core.errors import NotFound
+from node.core.torrents import TorrentMeta
+
+routes = web.RouteTableDef()
+
+
+def web_seed_url(request: web.Request, version_id: int, file_id: int) -> str:
+    """This node's download URL for one file: the torrent's web seed (BEP 19)."""
+    return f"{base_url(request)}/api/download/models/{version_id}?fileId={file_id}"
+
+
+@routes.get("/api/node/v1/versions/{id}/manifest")
+async def version_manifest(request: web.Request) -> web.Response:
+    """The DSSE envelope exactly as signed (made at publish; made now if a version lacks one)."""
+    node = request.app[NODE]
+    version_id = int_param(request, "id")
+    await node.catalog.visible_version(await optional_user(request), version_id)
+    envelope = await node.distribution.manifest(version_id)
+    return web.Response(body=envelope, content_type="application/json",
+                        headers={"Cache-Control": "public, max-age=300"})
+
+
+async def _file_torrent(request: web.Request) -> tuple[int, int, TorrentMeta]:
+    node = request.app[NODE]
+    file_id = int_param(request, "id")
+    version_id = await node.distribution.version_of_file(file_id)
+    if version_id is None:
+        raise NotFound(f"no file {file_id}")
+    await node.catalog.visible_version(await optional_user(request), version_id)
+    return version_id, file_id, await node.distribution.torrent(file_id)
+
+
+@routes.get("/api/node/v1/files/{id}/torrent")
+async def file_torrent(request: web.Request) -> web.Response:
+    """The file's `.torrent` (hybrid v1 + v2) with this node's download URL as web seed."""
+    version_id, file_id, meta = await _file_torrent(request)
+    body = meta.with_web_seeds([web_seed_url(request, version_id, file_id)])
+    return web.Response(body=body, content_type="application/x-bittorrent",
+                        headers={"Content-Disposition": content_disposition(f"{meta.name}.torrent"),
+                                 "Cache-Control": "public, max-age=300"})
+
+
+@routes.get("/api/node/v1/files/{id}/magnet")
+async def file_magnet(request: web.Request) -> web.Response:
+    """The file's magnet link and BitTorrent identifiers."""
+    version_id, file_id, meta = await _file_torrent(request)
+    return web.json_response({"fileId": file_id, "magnet": meta.magnet([web_seed_url(request, version_id, file_id)]),
+                              "infoHashV1": meta.info_hash_v1, "infoHashV2": meta.info_hash_v2,
+                              "fileRoot": meta.file_root, "pieceSize": meta.piece_size})
