@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+import federation
+from federation import routes as federation_routes
 from node.api import accounts, catalog, civitai, distribution, files, node_routes
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
@@ -61,7 +63,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app[METRICS] = metrics
 
     async def node_context(app: web.Application) -> AsyncIterator[None]:
-        async with open_node(config, migrate=migrate, plugins=plugins) as node:
+        async with open_node(config, migrate=migrate, plugins=plugins, attach=[federation.attach]) as node:
             app[NODE] = node
             yield
 
@@ -72,6 +74,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(catalog.routes)
     app.add_routes(files.routes)
     app.add_routes(distribution.routes)
+    app.add_routes(federation_routes.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     for name in plugins.loaded:

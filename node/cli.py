@@ -101,6 +101,9 @@ async def _add_demo(config: Config) -> list[int]:
         blobs = BlobStore(config.blobs_path)
         blobs.prepare()
         catalog = Catalog(db, config.node.name)
+        from federation.log import FederationLog
+
+        catalog.journals.append(FederationLog(db, load_identity(config.key_path), config.node.name).journal)
         return await add_demo_content(Accounts(db, config.accounts), catalog,
                                       Ingest(db, blobs, catalog, config.storage))
     finally:
@@ -432,6 +435,14 @@ def _mib(size: float) -> str:
     return f"{size / 1024**2:.1f} MiB"
 
 
+def _human_size(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 class ProgressBar:
     """An upload's progress on standard error: a bar redrawn in place on a terminal, an occasional
     plain line otherwise (logs of scripts stay short). `finish` is called once the node has the file."""
@@ -716,7 +727,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"FAILED {exc.detail}", file=sys.stderr)
             failures += 1
             continue
-        out(f"OK     {expected.name}  {_mib(expected.size)}  sha256:{expected.sha256}")
+        out(f"OK     {expected.name}  {_human_size(expected.size)}  sha256:{expected.sha256}")
     signer = manifest.key_id if args.key else f"{manifest.key_id} (not pinned: pass --key NODE_ID to require it)"
     out(f"manifest of {manifest.air} signed by {signer}")
     if failures:

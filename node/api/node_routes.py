@@ -46,6 +46,7 @@ async def node_document(request: web.Request) -> web.Response:
         },
         "software": {"name": "atrium-node", "version": node.version},
         "plugins": node.plugins.loaded,
-        "endpoints": {"api": "/api/v1", "node_api": "/api/node/v1", "health": "/api/node/v1/health"},
+        "endpoints": {"api": "/api/v1", "node_api": "/api/node/v1", "health": "/api/node/v1/health",
+                      "federation": "/federation/v1"},
         "accounts": {"registration": config.accounts.registration},
     })

@@ -7,8 +7,8 @@ Uploads of files and images live in `node/core/ingest.py`; read queries in `node
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, update
@@ -160,12 +160,32 @@ class VersionChanges:
             version.clip_skip = self.clip_skip
 
 
+# What a change of status or mode is called in the federation log.
+STATUS_KINDS = {ModelStatus.PUBLISHED: "model.published", ModelStatus.UNPUBLISHED: "model.unpublished",
+                ModelStatus.DELETED: "model.deleted", ModelStatus.DRAFT: "model.unpublished"}
+MODE_KINDS = {ModelMode.TAKEN_DOWN: "model.takedown", ModelMode.ARCHIVED: "model.archived", None: "model.restored"}
+CatalogJournal = Callable[[AsyncSession, str, Model], Awaitable[None]]
+
+
 @dataclass
 class Catalog:
-    """Catalog operations on one database."""
+    """Catalog operations on one database.
+
+    Each change to a model the public has seen (or sees now) is also handed to the `journals`, inside
+    the change's transaction: the federation log appends its signed entry there, so the change and its
+    entry commit together or not at all.
+    """
 
     db: Database
     node_name: str
+    journals: list[CatalogJournal] = field(default_factory=list)
+
+    async def _journal(self, session: AsyncSession, kind: str, model: Model) -> None:
+        if model.published_at is None:  # never public: nothing to tell
+            return
+        await session.flush()
+        for journal in self.journals:
+            await journal(session, kind, model)
 
     # -- loading with permission checks ------------------------------------------------------------
 
@@ -220,6 +240,7 @@ class Catalog:
                 await self._set_tags(session, model, normalize_tags(changes.tags))
             session.add(model)
             await self._reindex(session, model)
+            await self._journal(session, "model.updated", model)
             await session.commit()
             await session.refresh(model)
         return model
@@ -282,6 +303,7 @@ class Catalog:
             model.status = status.value
             model.updated_at = now
             session.add(model)
+            await self._journal(session, STATUS_KINDS[status], model)
             await session.commit()
             await session.refresh(model)
         return model
@@ -296,6 +318,7 @@ class Catalog:
             model.mode = mode.value if mode else None
             model.updated_at = utcnow()
             session.add(model)
+            await self._journal(session, MODE_KINDS[mode], model)
             await session.commit()
             await session.refresh(model)
         return model
@@ -312,6 +335,7 @@ class Catalog:
             session.add(version)
             await session.flush()
             await self._reindex(session, model)
+            await self._journal(session, "model.updated", model)
             await session.commit()
             await session.refresh(version)
         return version
@@ -323,6 +347,7 @@ class Catalog:
             version.updated_at = utcnow()
             session.add(version)
             await self._reindex(session, model)
+            await self._journal(session, "model.updated", model)
             await session.commit()
             await session.refresh(version)
         return version
@@ -333,6 +358,7 @@ class Catalog:
             await session.delete(version)
             await session.flush()
             await self._reindex(session, model)
+            await self._journal(session, "model.updated", model)
             await session.commit()
 
     async def visible_model(self, user: User | None, model_id: int) -> Model:

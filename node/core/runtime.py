@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from node import __version__
 from node.core.accounts import Accounts
@@ -41,6 +42,7 @@ class Node:
     catalog: Catalog
     ingest: Ingest
     distribution: Distribution
+    federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     version: str = __version__
 
     @property
@@ -73,7 +75,8 @@ async def housekeeping(node: Node, interval: float = HOUSEKEEPING_INTERVAL) -> N
 
 
 @asynccontextmanager
-async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None) -> AsyncIterator[Node]:
+async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHost | None = None,
+                    attach: Sequence[Callable[[Node], Any]] = ()) -> AsyncIterator[Node]:
     """Open everything a node needs, run the plugins' startup hooks, and close it all on exit.
 
     Raises ConfigError (bad key file, unreachable database), SchemaOutOfDate (unless `migrate`)
@@ -97,6 +100,8 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         else:
             await db.require_current_schema()
         blobs.prepare()
+        for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start
+            extension(node)
         for name in plugins.loaded:
             await plugins.call_each("atrium_startup", [name], node=node)
             started.append(name)

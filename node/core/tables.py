@@ -350,3 +350,29 @@ class VersionManifest(SQLModel, table=True):
     files_digest: str = Field(max_length=64)
     key_id: str = Field(max_length=128)
     created_at: datetime = timestamp()
+
+
+class LogEntry(SQLModel, table=True):
+    """An entry of a node's signed federation log (this node's own, or one mirrored from a peer),
+    stored as the exact bytes that were signed (federation/log.py)."""
+
+    __tablename__ = "log_entries"
+
+    origin: str = Field(max_length=128, primary_key=True)  # the node id that signed it
+    seq: int = Field(primary_key=True)
+    data: bytes = Field(sa_type=sa.LargeBinary)
+    sig: bytes = Field(sa_type=sa.LargeBinary)
+    entry_hash: str = Field(max_length=64)  # sha256(data): the next entry's `prev`
+    leaf_hash: str = Field(max_length=64)  # RFC 6962 leaf hash of data
+    kind: str = Field(max_length=32)
+    created_at: datetime = timestamp()
+
+
+class LogHead(SQLModel, table=True):
+    """The latest entry of each log: locked while appending, so sequence numbers never collide."""
+
+    __tablename__ = "log_heads"
+
+    origin: str = Field(max_length=128, primary_key=True)
+    seq: int = Field(default=0)
+    entry_hash: str = Field(max_length=64)

@@ -1,0 +1,148 @@
+"""Checking another node's log before believing any of it.
+
+A follower keeps a cursor per origin: the last sequence number it applied and that entry's hash. New
+entries must continue it exactly: the next sequence number, `prev` equal to the cursor's hash, the
+origin's node id, and the origin's signature over the exact bytes. Anything else is refused with the
+kind of failure and the evidence:
+
+- `tampered`: the bytes do not match their signature (or are not an entry at all);
+- `forged`: signed by, or naming, another node;
+- `replayed`: a sequence number at or below the cursor (an old entry sent again);
+- `reordered`: a sequence number past the next one (entries skipped or out of order);
+- `fork`: the right sequence number but another history (`prev` differs): the origin signed two logs.
+
+With a signed checkpoint covering the batch, one signature check plus the hash chain and the Merkle
+root vouch for every entry, which is how a follower syncs faster than it could verify signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation import merkle
+from federation.log import SignedEntry, checkpoint_body, checkpoint_origin, note_key_id
+from node.core.errors import InvalidInput
+from node.core.identity import public_key_from_node_id, verify
+
+
+class LogRejected(InvalidInput):
+    """A peer's log entry or checkpoint that must not be applied."""
+
+    def __init__(self, kind: str, detail: str, evidence: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.evidence = evidence or {}
+
+
+@dataclass
+class Cursor:
+    """Where a follower is in an origin's log."""
+
+    origin: str
+    seq: int = 0
+    entry_hash: str = "0" * 64
+    leaves: list[bytes] = field(default_factory=list)  # leaf hashes so far (for checkpoint checks)
+
+
+def parse_entry(entry: SignedEntry) -> dict[str, Any]:
+    try:
+        fields = json.loads(entry.data)
+    except (UnicodeDecodeError, ValueError):
+        raise LogRejected("tampered", "an entry is not JSON", {"entry": entry.data[:200].decode("utf-8", "replace")}) from None
+    if not isinstance(fields, dict) or not isinstance(fields.get("seq"), int) or not isinstance(fields.get("prev"), str) \
+            or not isinstance(fields.get("node"), str) or not isinstance(fields.get("kind"), str):
+        raise LogRejected("tampered", "an entry lacks node, seq, prev or kind", {"entry": entry.data.decode("utf-8", "replace")})
+    return fields
+
+
+def check_entry(cursor: Cursor, entry: SignedEntry, *, signature: bool = True) -> dict[str, Any]:
+    """Check that `entry` continues `cursor` (and its signature, unless a checkpoint vouches for it);
+    returns its fields. Does not move the cursor."""
+    fields = parse_entry(entry)
+    evidence = {"entry": entry.data.decode("utf-8", "replace"), "sig": base64.b64encode(entry.sig).decode()}
+    if fields["node"] != cursor.origin:
+        raise LogRejected("forged", f"entry {fields['seq']} names {fields['node']}, not {cursor.origin}", evidence)
+    if signature and not verify(cursor.origin, entry.data, entry.sig):
+        raise LogRejected("tampered", f"entry {fields['seq']}: the signature of {cursor.origin} does not verify "
+                          "(altered bytes or a forged signature)", evidence)
+    expected = cursor.seq + 1
+    if fields["seq"] <= cursor.seq:
+        raise LogRejected("replayed", f"entry {fields['seq']} again; already at {cursor.seq}", evidence)
+    if fields["seq"] > expected:
+        raise LogRejected("reordered", f"entry {fields['seq']} where {expected} was due", evidence)
+    if fields["prev"] != cursor.entry_hash:
+        raise LogRejected("fork", f"entry {fields['seq']} continues another history (prev {fields['prev'][:16]}..., "
+                          f"expected {cursor.entry_hash[:16]}...)", evidence)
+    return fields
+
+
+def advance(cursor: Cursor, entry: SignedEntry, seq: int) -> None:
+    cursor.seq = seq
+    cursor.entry_hash = hashlib.sha256(entry.data).hexdigest()
+    cursor.leaves.append(merkle.leaf_hash(entry.data))
+
+
+def open_checkpoint(note: bytes, origin: str) -> tuple[int, bytes]:
+    """(size, root) of a checkpoint signed by `origin`; LogRejected otherwise."""
+    try:
+        text = note.decode()
+        body, _, signatures = text.partition("\n\n")
+        lines = body.split("\n")
+        name, size_text, root_text = lines[0], lines[1], lines[2]
+        size, root = int(size_text), base64.b64decode(root_text, validate=True)
+    except (UnicodeDecodeError, ValueError, IndexError):
+        raise LogRejected("tampered", "not a checkpoint (origin, size and root lines, then signatures)") from None
+    if name != checkpoint_origin(origin):
+        raise LogRejected("forged", f"the checkpoint is of {name!r}, not {checkpoint_origin(origin)!r}")
+    if checkpoint_body(origin, size, root) != (body + "\n").encode():
+        raise LogRejected("tampered", "the checkpoint has extra lines")
+    key = public_key_from_node_id(origin)
+    from cryptography.hazmat.primitives import serialization
+
+    key_id = note_key_id(name, key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    for line in signatures.strip("\n").split("\n"):
+        parts = line.split(" ")
+        if len(parts) != 3 or parts[0] != "\u2014" or parts[1] != name:
+            continue
+        try:
+            blob = base64.b64decode(parts[2], validate=True)
+        except ValueError:
+            continue
+        if blob[:4] == key_id and verify(origin, (body + "\n").encode(), blob[4:]):
+            return size, root
+    raise LogRejected("tampered", f"the checkpoint carries no valid signature of {origin}")
+
+
+def check_batch(cursor: Cursor, entries: Sequence[SignedEntry], checkpoint: bytes | None = None) -> list[dict[str, Any]]:
+    """Check a batch that continues `cursor` and move the cursor past it; all or nothing.
+
+    With a checkpoint whose size is the batch's last sequence number, entries are checked by the hash
+    chain and the Merkle root (one signature); otherwise each signature is checked."""
+    trial = Cursor(cursor.origin, cursor.seq, cursor.entry_hash, list(cursor.leaves))
+    by_checkpoint = False
+    if checkpoint is not None and entries and len(cursor.leaves) == cursor.seq:
+        size, root = open_checkpoint(checkpoint, cursor.origin)
+        by_checkpoint = size == cursor.seq + len(entries)
+    out = []
+    for entry in entries:
+        fields = check_entry(trial, entry, signature=not by_checkpoint)
+        advance(trial, entry, fields["seq"])
+        out.append(fields)
+    if by_checkpoint and merkle.root(trial.leaves) != root:
+        # Some entry differs from what the origin signed: find which, by its own signature.
+        for entry in entries:
+            if not verify(cursor.origin, entry.data, entry.sig):
+                fields = parse_entry(entry)
+                raise LogRejected("tampered", f"entry {fields['seq']} is not what {cursor.origin} signed",
+                                  {"entry": entry.data.decode("utf-8", "replace")})
+        raise LogRejected("fork", "the entries do not add up to the origin's signed checkpoint")
+    cursor.seq, cursor.entry_hash, cursor.leaves = trial.seq, trial.entry_hash, trial.leaves
+    return out
+
+
+__all__ = ["Cursor", "LogRejected", "advance", "check_batch", "check_entry", "open_checkpoint", "parse_entry"]
