@@ -1,21 +1,37 @@
-"""Federation: the node's signed catalog log, its checkpoints and proofs (and, later, peers and sync).
+"""Federation: the node's signed catalog log, the nodes it follows, and syncing their logs.
 
-`attach(node)` gives a running node its log: every catalog change then appends a signed entry in the
-change's own transaction.
+`attach(node)` gives a running node its federation: every catalog change then appends a signed entry
+in the change's own transaction, and `node.federation.syncer.run()` (started by `atrium serve`) pulls
+the followed nodes' logs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from federation.log import FederationLog
+from federation.mirror import MirroredIndex
+from federation.peers import Peers
+from federation.sync import Syncer
 
 
-def attach(node: Any) -> FederationLog:
+@dataclass
+class Federation:
+    log: FederationLog
+    peers: Peers
+    syncer: Syncer
+    mirror: MirroredIndex
+
+
+def attach(node: Any) -> Federation:
     log = FederationLog(node.db, node.identity, node.name)
+    peers = Peers(node.db)
     node.catalog.journals.append(log.journal)
-    node.federation = log
-    return log
+    node.federation = Federation(log=log, peers=peers,
+                                 syncer=Syncer(node.db, log, peers, node.config.federation),
+                                 mirror=MirroredIndex(node.db))
+    return node.federation
 
 
-__all__ = ["FederationLog", "attach"]
+__all__ = ["Federation", "FederationLog", "MirroredIndex", "Peers", "Syncer", "attach"]

@@ -130,7 +130,8 @@ class FederationLog:
 
     async def journal(self, session: AsyncSession, kind: str, model: Model) -> None:
         """A catalog journal (node.core.catalog): append the change with the model as it now is."""
-        await self.append(session, kind, {"model": await model_snapshot(session, self.node_name, model)})
+        await self.append(session, kind, {"model": await model_snapshot(session, self.node_name, model),
+                                          "nodeName": self.node_name})
 
     async def append(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> LogEntry:
         """Sign and add the next entry inside `session`'s transaction (the caller commits)."""
@@ -149,20 +150,28 @@ class FederationLog:
         session.add(entry)
         session.add(head)
         await session.flush()
-        event.listen(session.sync_session, "after_commit", lambda _s: self._notify(), once=True)
+        event.listen(session.sync_session, "after_commit", lambda _s: self.notify_changed(), once=True)
         return entry
 
-    def _notify(self) -> None:
+    def notify_changed(self) -> None:
+        """Wake long-polls: this node's log, or a log it mirrors, has new entries."""
         async def wake() -> None:
             async with self.changed:
                 self.changed.notify_all()
 
         asyncio.ensure_future(wake())
 
-    async def head(self) -> tuple[int, str]:
+    async def head(self, origin: str | None = None) -> tuple[int, str]:
         async with self.db.read_session() as session:
-            row = await session.get(LogHead, self.node_id)
+            row = await session.get(LogHead, origin or self.node_id)
         return (row.seq, row.entry_hash) if row else (0, GENESIS)
+
+    async def origins(self) -> list[tuple[str, int]]:
+        """Every log this node serves: its own first, then the ones it mirrors, with their heads."""
+        async with self.db.read_session() as session:
+            rows = (await session.exec(select(LogHead).order_by(col(LogHead.origin)))).all()
+        heads = {row.origin: row.seq for row in rows}
+        return [(self.node_id, heads.pop(self.node_id, 0))] + sorted(heads.items())
 
     async def entries(self, after: int, limit: int = MAX_PAGE, *, origin: str | None = None) -> list[SignedEntry]:
         """Entries with seq > after, oldest first (this node's own log unless `origin` names a mirrored one)."""
@@ -174,19 +183,19 @@ class FederationLog:
                 .order_by(col(LogEntry.seq)).limit(limit))).all()
         return [SignedEntry(bytes(data), bytes(sig)) for data, sig in rows]
 
-    async def wait_for_entries(self, after: int, timeout: float) -> bool:
-        """Wait until the log holds an entry after `after` (True) or `timeout` seconds pass (False)."""
-        if (await self.head())[0] > after:
+    async def wait_for_change(self, origin: str, after: int, timeout: float) -> bool:
+        """Wait until `origin`'s log holds an entry after `after`, or any log this node serves changes
+        (a follower then catches up on all of them), or `timeout` seconds pass. True when `origin`
+        has news."""
+        if (await self.head(origin))[0] > after:
             return True
         try:
             async with asyncio.timeout(timeout):
-                while True:
-                    async with self.changed:
-                        await self.changed.wait()
-                    if (await self.head())[0] > after:
-                        return True
+                async with self.changed:
+                    await self.changed.wait()
         except TimeoutError:
-            return (await self.head())[0] > after
+            pass
+        return (await self.head(origin))[0] > after
 
     async def leaves(self, size: int | None = None) -> list[bytes]:
         """Leaf hashes of the first `size` entries (all by default), cached and extended as it grows."""

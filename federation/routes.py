@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pydantic import Field
+
 from federation.log import MAX_PAGE, b64
+from node.api.auth import requires
+from node.api.bodies import Body, int_param, read_body
 from node.api.keys import NODE
 from node.core.errors import InvalidInput
+from node.core.tables import Role
 
 routes = web.RouteTableDef()
 
@@ -31,9 +36,13 @@ def _int(request: web.Request, name: str, default: int | None = None, *, low: in
 
 @routes.get("/federation/v1/log")
 async def log_entries(request: web.Request) -> web.StreamResponse:
-    """Entries after `after`, oldest first, one JSON object per line. With `wait=S` (at most 30) an
-    empty answer waits up to S seconds for the next entry; still nothing: 202 with no body."""
-    log = request.app[NODE].federation
+    """Entries after `after`, oldest first, one JSON object per line: this node's own log, or with
+    `origin=NODE_ID` a log it mirrors (relayed with the origin's signatures). With `wait=S` (at most
+    30) an empty answer waits up to S seconds for news; still nothing: 202 with no body."""
+    log = request.app[NODE].federation.log
+    origin = request.query.get("origin") or log.node_id
+    if len(origin) > 128:
+        raise InvalidInput("origin: not a node id")
     after = _int(request, "after", 0)
     limit = _int(request, "limit", MAX_PAGE, low=1, high=MAX_PAGE)
     wait_text = request.query.get("wait", "0")
@@ -43,29 +52,37 @@ async def log_entries(request: web.Request) -> web.StreamResponse:
         raise InvalidInput(f"wait: expected seconds, got {wait_text[:40]!r}") from None
     if not 0 <= wait <= MAX_WAIT:
         raise InvalidInput(f"wait: from 0 to {MAX_WAIT:.0f} seconds")
-    entries = await log.entries(after, limit)
+    entries = await log.entries(after, limit, origin=origin)
     if not entries and wait:
-        await log.wait_for_entries(after, wait)
-        entries = await log.entries(after, limit)
-    head, head_hash = await log.head()
-    headers = {HEAD_HEADER: str(head), "Atrium-Log-Head-Hash": head_hash, "Atrium-Node": log.node_id}
+        if await log.wait_for_change(origin, after, wait):
+            entries = await log.entries(after, limit, origin=origin)
+    head, head_hash = await log.head(origin)
+    headers = {HEAD_HEADER: str(head), "Atrium-Log-Head-Hash": head_hash, "Atrium-Node": log.node_id,
+               "Atrium-Log-Origin": origin}
     if not entries:
         return web.Response(status=202, headers=headers)
     return web.Response(body=b"".join(e.line() for e in entries), content_type="application/x-ndjson",
                         headers=headers)
 
 
+@routes.get("/federation/v1/origins")
+async def origins(request: web.Request) -> web.Response:
+    """The logs this node serves: its own first, then those it mirrors, each with its head."""
+    served = await request.app[NODE].federation.log.origins()
+    return web.json_response([{"origin": origin, "head": head} for origin, head in served])
+
+
 @routes.get("/federation/v1/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     """A C2SP signed note over the log's size and RFC 6962 Merkle root."""
-    note = await request.app[NODE].federation.checkpoint()
+    note = await request.app[NODE].federation.log.checkpoint()
     return web.Response(body=note, content_type="text/plain", charset="utf-8")
 
 
 @routes.get("/federation/v1/proof/inclusion")
 async def inclusion_proof(request: web.Request) -> web.Response:
     """The audit path of entry `seq` in the tree of the first `size` entries."""
-    log = request.app[NODE].federation
+    log = request.app[NODE].federation.log
     head, _ = await log.head()
     size = _int(request, "size", head, low=1)
     seq = _int(request, "seq", low=1)
@@ -76,9 +93,59 @@ async def inclusion_proof(request: web.Request) -> web.Response:
 @routes.get("/federation/v1/proof/consistency")
 async def consistency_proof(request: web.Request) -> web.Response:
     """Proof that the log of `from` entries is a prefix of the log of `to` entries."""
-    log = request.app[NODE].federation
+    log = request.app[NODE].federation.log
     head, _ = await log.head()
     old = _int(request, "from", low=1)
     new = _int(request, "to", head, low=1)
     proof = await log.consistency(old, new)
     return web.json_response({"from": old, "to": new, "hashes": b64(proof)})
+
+
+# -- admin: the nodes this node follows ------------------------------------------------------------
+
+
+class FollowBody(Body):
+    url: str = Field(max_length=512)
+
+
+@routes.get("/api/node/v1/admin/peers")
+@requires(Role.ADMIN)
+async def list_peers(request: web.Request) -> web.Response:
+    """Followed nodes: state, how far behind, the last error and, for a halted one, the evidence."""
+    statuses = await request.app[NODE].federation.peers.statuses()
+    return web.json_response({"items": [s.as_json() for s in statuses]})
+
+
+@routes.post("/api/node/v1/admin/peers")
+@requires(Role.ADMIN)
+async def follow_peer(request: web.Request) -> web.Response:
+    """Follow a node by its URL; syncing starts within seconds."""
+    body = await read_body(request, FollowBody)
+    peer = await request.app[NODE].federation.peers.follow(body.url)
+    return web.json_response({"id": peer.id, "url": peer.url, "state": peer.state}, status=201)
+
+
+@routes.delete("/api/node/v1/admin/peers/{id}")
+@requires(Role.ADMIN)
+async def unfollow_peer(request: web.Request) -> web.Response:
+    peer = await request.app[NODE].federation.peers.unfollow(int_param(request, "id"))
+    return web.json_response({"id": peer.id, "url": peer.url, "unfollowed": True})
+
+
+@routes.post("/api/node/v1/admin/peers/{id}/resume")
+@requires(Role.ADMIN)
+async def resume_peer(request: web.Request) -> web.Response:
+    """Let a halted peer sync again, once the evidence has been looked at."""
+    peer = await request.app[NODE].federation.peers.resume(int_param(request, "id"))
+    return web.json_response({"id": peer.id, "url": peer.url, "state": peer.state})
+
+
+@routes.get("/api/node/v1/remote-models")
+async def remote_models(request: web.Request) -> web.Response:
+    """Models of followed nodes (the mirrored index), newest first; `query` matches names, tags and
+    creators, `origin` (node id or name) and `type` filter."""
+    limit = _int(request, "limit", 20, low=1, high=100)
+    page = await request.app[NODE].federation.mirror.search(
+        query=request.query.get("query", ""), origin=request.query.get("origin"),
+        type=request.query.get("type"), limit=limit, after=_int(request, "cursor", 0) or None)
+    return web.json_response(page)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator
 
@@ -65,7 +67,16 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     async def node_context(app: web.Application) -> AsyncIterator[None]:
         async with open_node(config, migrate=migrate, plugins=plugins, attach=[federation.attach]) as node:
             app[NODE] = node
-            yield
+            syncing = None
+            if config.federation.sync:  # pull the followed nodes' logs while serving
+                syncing = asyncio.create_task(node.federation.syncer.run(), name="atrium-federation-sync")
+            try:
+                yield
+            finally:
+                if syncing is not None:
+                    syncing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await syncing
 
     app.cleanup_ctx.append(node_context)
     app.add_routes(node_routes.routes)

@@ -705,6 +705,69 @@ def _print_summary(model: Any, version: Any) -> None:
 # -- plumbing ----------------------------------------------------------------------------------
 
 
+# -- federation --------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _peers(config: Config) -> AsyncIterator[Any]:
+    from federation.peers import Peers
+
+    db = Database.from_config(config)
+    try:
+        await db.require_current_schema()
+        yield Peers(db)
+    finally:
+        await db.close()
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _peers(config) as peers:
+            peer = await peers.follow(args.url)
+        out(f"following {peer.url} (peer {peer.id}); a running node starts syncing it within seconds")
+        return 0
+
+    return run_async(run())
+
+
+def cmd_unfollow(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _peers(config) as peers:
+            peer = await peers.unfollow(args.peer)
+        out(f"no longer following {peer.url}; what was mirrored from it stays, signed by its origin")
+        return 0
+
+    return run_async(run())
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        async with _peers(config) as peers:
+            if args.resume:
+                peer = await peers.resume(args.resume)
+                out(f"{peer.url} may sync again")
+                return 0
+            statuses = await peers.statuses()
+        if args.json:
+            out(json.dumps([s.as_json() for s in statuses], indent=2))
+            return 0
+        rows = [(str(s.id), s.url, s.name or "?", s.state, str(s.synced_seq),
+                 "?" if s.lag is None else str(s.lag), _clip(s.last_error or "", 60)) for s in statuses]
+        _table(("ID", "URL", "NAME", "STATE", "SYNCED", "LAG", "LAST ERROR"), rows)
+        halted = [s for s in statuses if s.state == "halted"]
+        for s in halted:
+            out(f"peer {s.id} halted: {s.last_error}; evidence: {json.dumps(s.evidence)[:2000]}")
+        return 0
+
+    return run_async(run())
+
+
 # -- verify ------------------------------------------------------------------------------------
 
 
@@ -857,6 +920,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_command("show", cmd_show, "describe a model version by its AIR, or a model by its id")
     p.add_argument("target", metavar="AIR_OR_MODEL_ID")
     p.add_argument("--json", action="store_true", help="print the model and the version as JSON")
+
+    p = command("follow", cmd_follow, "follow another node: mirror its signed catalog log")
+    p.add_argument("url", metavar="URL", help="the node's base URL, e.g. https://models.example.org")
+    p = command("unfollow", cmd_unfollow, "stop following a node")
+    p.add_argument("peer", metavar="URL_OR_ID")
+    p = command("peers", cmd_peers, "list followed nodes: state, entries synced, lag, last error")
+    p.add_argument("--resume", metavar="URL_OR_ID", help="let a halted peer sync again")
+    p.add_argument("--json", action="store_true", help="print them as JSON, with any evidence")
 
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")

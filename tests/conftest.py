@@ -157,8 +157,9 @@ async def api(aiohttp_client: Any, sqlite_config: Config) -> Api:
 
 
 @pytest.fixture
-async def api_on(aiohttp_client: Any, config: Config) -> Api:
-    """The real app on each database backend (already migrated)."""
+async def api_on(config: Config, aiohttp_client: Any) -> Api:
+    """The real app on each database backend (already migrated). `config` comes first so that the
+    database outlives the app: fixtures are torn down in the reverse order of their setup."""
     app = create_app(config, plugins=PluginHost([], available={}))
     client = await aiohttp_client(app)
     return Api(client=client, app=app)

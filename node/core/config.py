@@ -146,6 +146,19 @@ class MetricsSection:
 
 
 @dataclass
+class FederationSection:
+    """Following other nodes and syncing their signed catalog logs (docs/federation.md)."""
+
+    sync: bool = key(True, "Pull the logs of followed nodes while `atrium serve` runs. Off: the node still "
+                     "publishes its own log, but mirrors nothing.")
+    poll_seconds: int = key(25, "How long one request to a followed node waits for its next log entry "
+                            "(long-poll); a change on that node arrives as soon as it is committed.",
+                            minimum=1, maximum=30)
+    retry_max_seconds: int = key(300, "Longest pause between tries when a followed node cannot be reached "
+                                 "(the pause doubles from 1 s after each failure).", minimum=1)
+
+
+@dataclass
 class PluginsSection:
     """Which plugins run on this node. Each plugin may have a table `[plugins.NAME]` of its own."""
 
@@ -163,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "accounts": AccountsSection,
     "logging": LoggingSection,
     "metrics": MetricsSection,
+    "federation": FederationSection,
     "plugins": PluginsSection,
 }
 
@@ -180,6 +194,7 @@ class Config:
     accounts: AccountsSection = field(default_factory=AccountsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    federation: FederationSection = field(default_factory=FederationSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)

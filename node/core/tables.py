@@ -376,3 +376,40 @@ class LogHead(SQLModel, table=True):
     origin: str = Field(max_length=128, primary_key=True)
     seq: int = Field(default=0)
     entry_hash: str = Field(max_length=64)
+
+
+class Peer(SQLModel, table=True):
+    """A node this node follows: where it is, who it is, and how syncing its log goes."""
+
+    __tablename__ = "peers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=512, unique=True)
+    node_id: str | None = Field(default=None, max_length=128, index=True)  # learnt at the first contact
+    name: str | None = Field(default=None, max_length=64)
+    state: str = Field(default="active", max_length=16)  # active, halted (fork / bad signature), blocked
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    evidence: dict[str, Any] | None = json_column()  # what made a halted peer stop, for the admin
+    failures: int = Field(default=0)
+    last_synced_at: datetime | None = timestamp(nullable=True)
+    created_at: datetime = timestamp()
+
+
+class RemoteModel(SQLModel, table=True):
+    """A model published on another node, as its signed log last described it (the mirrored index)."""
+
+    __tablename__ = "remote_models"
+
+    origin: str = Field(max_length=128, primary_key=True)  # the origin node's id
+    remote_id: int = Field(primary_key=True)
+    origin_name: str = Field(max_length=64)
+    name: str = Field(max_length=255)
+    type: str = Field(max_length=32, index=True)
+    description: str = Field(default="", sa_type=sa.Text)
+    nsfw_level: int = Field(default=1)
+    mode: str | None = Field(default=None, max_length=16)
+    creator: str | None = Field(default=None, max_length=64)
+    tags: list[str] = json_column(list)
+    versions: list[dict[str, Any]] = json_column(list)
+    seq: int  # the log entry this state comes from
+    updated_at: datetime = timestamp()

@@ -1,0 +1,328 @@
+"""Pulling followed nodes' logs: one puller per followed node, a durable cursor per origin.
+
+A puller asks its peer who it is (the node document), which logs it serves (its own and the ones it
+mirrors: `GET /federation/v1/origins`), and then, per origin, for the entries after the cursor. Every
+batch is checked before anything of it is applied (federation/verify.py): the peer's own log with its
+signed checkpoint (one signature for the whole catch-up), relayed logs entry by entry against their
+origin's key. Then it waits on the peer's log with a long-poll, so a change arrives as soon as the peer
+commits it.
+
+Applying is idempotent by (origin, seq) and happens in one transaction per batch: the entries are
+stored as signed (so this node can relay them), the origin's head moves, and the mirrored index
+(`remote_models`) takes the models' new state; deletes, unpublishes and takedowns remove them.
+
+A fork, a bad signature or a changed node identity halts the peer (state `halted`, the evidence kept
+for the admin: `atrium peers`); unreachable peers and HTTP errors are retried with a doubling pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+from typing import Any
+
+import aiohttp
+from sqlalchemy import delete, insert
+from sqlmodel import col, select
+
+from federation import merkle
+from federation.log import FederationLog, SignedEntry
+from federation.peers import Peers
+from federation.verify import Cursor, LogRejected, check_batch, parse_entry
+from node import __version__
+from node.core.config import FederationSection
+from node.core.db import Database
+from node.core.tables import LogEntry, LogHead, Peer, RemoteModel, utcnow
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+REFRESH_SECONDS = 2.0
+HALTING = ("tampered", "forged", "fork", "identity")
+REMOVING_KINDS = ("model.unpublished", "model.deleted", "model.takedown")
+MAX_LOG_LINE = 1024 * 1024
+
+
+class PeerError(Exception):
+    """A peer could not be synced this time (network, HTTP status, malformed answer): retry later."""
+
+
+class Syncer:
+    """Runs the pullers of every active followed node while the node serves."""
+
+    def __init__(self, db: Database, own_log: FederationLog, peers: Peers, settings: FederationSection) -> None:
+        self.db = db
+        self.own = own_log
+        self.peers = peers
+        self.settings = settings
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self.applied = asyncio.Condition()  # notified after each applied batch (tests and the bench wait on it)
+
+    async def run(self) -> None:
+        """Keep one puller per active peer until cancelled (peers added by the CLI are picked up)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.settings.poll_seconds + 15)
+        self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": f"atrium-node/{__version__}"})
+        try:
+            while True:
+                active = {p.id: p for p in await self.peers.active()}
+                for peer_id, task in list(self._tasks.items()):
+                    if peer_id not in active or task.done():
+                        task.cancel()
+                        del self._tasks[peer_id]
+                for peer_id in active:
+                    if peer_id not in self._tasks:
+                        self._tasks[peer_id] = asyncio.create_task(self._pull(peer_id), name=f"atrium-peer-{peer_id}")  # type: ignore[arg-type]
+                await asyncio.sleep(REFRESH_SECONDS)
+        finally:
+            for task in self._tasks.values():
+                task.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            self._tasks.clear()
+            await self._http.close()
+
+    async def _pull(self, peer_id: int) -> None:
+        failures = 0
+        while True:
+            peer = await self._peer(peer_id)
+            if peer is None or peer.state != "active":
+                return
+            try:
+                await self.sync_once(peer)
+                failures = 0
+            except LogRejected as exc:
+                if exc.kind in HALTING:
+                    await self._halt(peer, exc)
+                    return
+                failures += 1
+                await self._failed(peer, f"refused: {exc.detail}", exc.evidence)
+            except PeerError as exc:
+                failures += 1
+                await self._failed(peer, str(exc))
+            if failures:
+                pause = min(self.settings.retry_max_seconds, 2 ** (failures - 1))
+                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+
+    async def sync_once(self, peer: Peer) -> None:
+        """Catch up on every log the peer serves, then wait once for its next entry."""
+        document = await self._json(f"{peer.url}/.well-known/atrium-node")
+        node_id, name = document.get("id"), document.get("name")
+        if not isinstance(node_id, str) or not isinstance(name, str):
+            raise PeerError(f"{peer.url} answered a node document without id and name")
+        if peer.node_id is None or peer.name != name:
+            await self._update(peer.id, node_id=node_id, name=name)  # type: ignore[arg-type]
+        elif peer.node_id != node_id:
+            raise LogRejected("identity", f"{peer.url} now says it is {node_id}, not {peer.node_id}",
+                              {"expected": peer.node_id, "answered": node_id})
+        origins = await self._json(f"{peer.url}/federation/v1/origins")
+        if not isinstance(origins, list):
+            raise PeerError(f"{peer.url}: /federation/v1/origins is not a list")
+        for item in origins:
+            origin = item.get("origin") if isinstance(item, dict) else None
+            if not isinstance(origin, str) or origin == self.own.node_id:
+                continue
+            await self.catch_up(peer.url, origin, own=origin == node_id)
+        cursor = await self.cursor(node_id, leaves=False)
+        status, entries, head = await self._entries(peer.url, node_id, cursor.seq, wait=self.settings.poll_seconds)
+        self.peers.heads[peer.id] = head  # type: ignore[index]
+        if entries:
+            fields = check_batch(cursor, await self._screen(node_id, cursor, entries))
+            await self.apply(node_id, entries, fields)
+        await self._update(peer.id, last_synced_at=utcnow(), last_error=None, failures=0)  # type: ignore[arg-type]
+
+    async def catch_up(self, base: str, origin: str, *, own: bool) -> int:
+        """Fetch and apply everything after the cursor; the peer's own log is checked against its
+        signed checkpoint in one go, a relayed log page by page, entry by entry. Returns how many."""
+        cursor = await self.cursor(origin, leaves=own)
+        applied = 0
+        if own:
+            note = await self._bytes(f"{base}/federation/v1/checkpoint")
+            size = _checkpoint_size(note)
+            batch: list[SignedEntry] = []
+            after = cursor.seq
+            while after < size:
+                status, entries, _head = await self._entries(base, origin, after, limit=min(PAGE, size - after))
+                if not entries:
+                    break
+                batch.extend(entries)
+                after = parse_entry(entries[-1])["seq"]
+            if batch:
+                batch = await self._screen(origin, cursor, batch)
+                fields = check_batch(cursor, batch, note if after == size else None)
+                await self.apply(origin, batch, fields)
+                applied += len(batch)
+            return applied
+        while True:
+            status, entries, _head = await self._entries(base, origin, cursor.seq)
+            if not entries:
+                return applied
+            entries = await self._screen(origin, cursor, entries)
+            fields = check_batch(cursor, entries)
+            await self.apply(origin, entries, fields)
+            applied += len(entries)
+
+    async def cursor(self, origin: str, *, leaves: bool) -> Cursor:
+        async with self.db.read_session() as session:
+            head = await session.get(LogHead, origin)
+            cursor = Cursor(origin, head.seq if head else 0, head.entry_hash if head else "0" * 64)
+            if leaves and cursor.seq:
+                rows = (await session.exec(select(LogEntry.leaf_hash).where(LogEntry.origin == origin)
+                                           .order_by(col(LogEntry.seq)))).all()
+                cursor.leaves = [bytes.fromhex(h) for h in rows]
+        return cursor
+
+    async def _screen(self, origin: str, cursor: Cursor, entries: list[SignedEntry]) -> list[SignedEntry]:
+        """An entry at or below the cursor is either one we hold (replayed) or another history (fork)."""
+        for entry in entries:
+            seq = parse_entry(entry)["seq"]
+            if seq > cursor.seq:
+                continue
+            async with self.db.read_session() as session:
+                stored = await session.get(LogEntry, (origin, seq))
+            evidence = {"entry": entry.data.decode("utf-8", "replace")}
+            if stored is not None and bytes(stored.data) != entry.data:
+                evidence["stored"] = bytes(stored.data).decode("utf-8", "replace")
+                raise LogRejected("fork", f"{origin} signed two different entries {seq}", evidence)
+            raise LogRejected("replayed", f"entry {seq} again; already at {cursor.seq}", evidence)
+        return entries
+
+    async def apply(self, origin: str, entries: list[SignedEntry], fields: list[dict[str, Any]]) -> None:
+        """Store checked entries, move the origin's head, and update the mirrored index: one transaction."""
+        if not entries:
+            return
+        rows = [{"origin": origin, "seq": f["seq"], "data": e.data, "sig": e.sig,
+                 "entry_hash": hashlib.sha256(e.data).hexdigest(), "leaf_hash": merkle.leaf_hash(e.data).hex(),
+                 "kind": f["kind"][:32], "created_at": utcnow()} for e, f in zip(entries, fields, strict=True)]
+        latest: dict[int, tuple[str, dict[str, Any], int]] = {}
+        for f in fields:
+            model = (f.get("body") or {}).get("model") if isinstance(f.get("body"), dict) else None
+            if isinstance(model, dict) and isinstance(model.get("id"), int):
+                latest[model["id"]] = (f["kind"], model, f["seq"])
+        origin_name = next((f["body"].get("nodeName") for f in reversed(fields)
+                            if isinstance(f.get("body"), dict) and isinstance(f["body"].get("nodeName"), str)), None)
+        async with self.db.session() as session:
+            await (await session.connection()).execute(insert(LogEntry.__table__), rows)  # type: ignore[attr-defined]
+            head = await session.get(LogHead, origin)
+            if head is None:
+                head = LogHead(origin=origin, seq=0, entry_hash="")
+            head.seq, head.entry_hash = rows[-1]["seq"], rows[-1]["entry_hash"]
+            session.add(head)
+            if latest:
+                await session.exec(delete(RemoteModel).where(  # type: ignore[call-overload]
+                    col(RemoteModel.origin) == origin, col(RemoteModel.remote_id).in_(list(latest))))
+            for remote_id, (kind, model, seq) in latest.items():
+                if kind in REMOVING_KINDS or model.get("status") != "Published":
+                    continue
+                session.add(_remote_model(origin, origin_name, remote_id, model, seq))
+            await session.commit()
+        log.info("applied %d entries of %s (now at %d)", len(rows), origin, rows[-1]["seq"])
+        self.own.notify_changed()  # our followers may be waiting for what we relay
+        async with self.applied:
+            self.applied.notify_all()
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    async def _get(self, url: str, **params: Any) -> tuple[int, bytes, Any]:
+        assert self._http is not None
+        try:
+            async with self._http.get(url, params=params or None) as response:
+                body = await response.content.read(64 * 1024 * 1024 + 1)
+                if len(body) > 64 * 1024 * 1024:
+                    raise PeerError(f"{url}: answer larger than 64 MiB")
+                return response.status, body, response.headers
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise PeerError(f"{url}: {type(exc).__name__}: {exc}") from None
+
+    async def _json(self, url: str) -> Any:
+        status, body, _ = await self._get(url)
+        if status != 200:
+            raise PeerError(f"{url}: HTTP {status}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise PeerError(f"{url}: not JSON") from None
+
+    async def _bytes(self, url: str) -> bytes:
+        status, body, _ = await self._get(url)
+        if status != 200:
+            raise PeerError(f"{url}: HTTP {status}")
+        return body
+
+    async def _entries(self, base: str, origin: str, after: int, *, limit: int = PAGE,
+                       wait: float = 0) -> tuple[int, list[SignedEntry], int]:
+        params: dict[str, Any] = {"origin": origin, "after": after, "limit": limit}
+        if wait:
+            params["wait"] = wait
+        status, body, headers = await self._get(f"{base}/federation/v1/log", **params)
+        if status not in (200, 202):
+            raise PeerError(f"{base}/federation/v1/log: HTTP {status}")
+        try:
+            head = int(headers.get("Atrium-Log-Head", "0"))
+        except ValueError:
+            raise PeerError(f"{base}: bad Atrium-Log-Head header") from None
+        entries = [SignedEntry.from_line(line) for line in body.splitlines() if line.strip()] if status == 200 else []
+        return status, entries, head
+
+    # -- peer state -------------------------------------------------------------------------------
+
+    async def _peer(self, peer_id: int) -> Peer | None:
+        async with self.db.read_session() as session:
+            return await session.get(Peer, peer_id)
+
+    async def _update(self, peer_id: int, **values: Any) -> None:
+        async with self.db.session() as session:
+            peer = await session.get(Peer, peer_id)
+            if peer is None:
+                return
+            for name, value in values.items():
+                setattr(peer, name, value)
+            session.add(peer)
+            await session.commit()
+
+    async def _failed(self, peer: Peer, message: str, evidence: dict[str, Any] | None = None) -> None:
+        log.warning("peer %s: %s", peer.url, message)
+        await self._update(peer.id, last_error=message[:2000], failures=peer.failures + 1,  # type: ignore[arg-type]
+                           **({"evidence": evidence} if evidence else {}))
+
+    async def _halt(self, peer: Peer, exc: LogRejected) -> None:
+        log.error("peer %s halted: %s (evidence kept; `atrium peers` shows it, `atrium peers resume` restarts)",
+                  peer.url, exc.detail)
+        await self._update(peer.id, state="halted", last_error=exc.detail[:2000],  # type: ignore[arg-type]
+                           evidence={"kind": exc.kind, **exc.evidence})
+
+    async def wait_applied(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                async with self.applied:
+                    await self.applied.wait()
+
+
+def _checkpoint_size(note: bytes) -> int:
+    try:
+        return int(note.split(b"\n", 2)[1])
+    except (IndexError, ValueError):
+        raise LogRejected("tampered", "not a checkpoint") from None
+
+
+def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: dict[str, Any], seq: int) -> RemoteModel:
+    def text(key: str, limit: int) -> str:
+        value = model.get(key)
+        return value[:limit] if isinstance(value, str) else ""
+
+    versions = model.get("versions") if isinstance(model.get("versions"), list) else []
+    air = next((v.get("air") for v in versions if isinstance(v, dict) and isinstance(v.get("air"), str)), "")
+    name_from_air = air.split(":")[4] if air.count(":") >= 5 else origin[:16]
+    return RemoteModel(origin=origin, remote_id=remote_id, origin_name=(origin_name or name_from_air)[:64],
+                       name=text("name", 255) or f"model {remote_id}", type=text("type", 32) or "Other",
+                       description=text("description", 100_000),
+                       nsfw_level=model.get("nsfwLevel") if isinstance(model.get("nsfwLevel"), int) else 1,
+                       mode=text("mode", 16) or None, creator=text("creator", 64) or None,
+                       tags=[t for t in model.get("tags") or [] if isinstance(t, str)][:30],
+                       versions=[v for v in versions if isinstance(v, dict)], seq=seq)
+
+
+__all__ = ["PeerError", "Syncer"]
