@@ -38,8 +38,9 @@ SAFE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13)
 VISIBLE_LEVELS = int(ALL_BROWSING_LEVELS)
 
 PERIOD_DAYS = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 30, Period.YEAR: 365}
-# A listing first looks for its page among this many published models, taken in the requested order
-# from the sort's index, then among the next size, and only then sorts every match: common filters
+# On PostgreSQL, a listing first looks for its page among this many published models, taken in the
+# requested order from the sort's index, then among the next size, and only then sorts every match
+# (SQLite chooses its plan per request: _find_models_sqlite). Common filters
 # (a type, a popular tag or word) fill a page from the first window, and sorting all of their tens of
 # thousands of matches cost 50-250 ms a request on 100,000 models (bench/catalog_queries.py).
 SORT_WINDOWS = (400, 4000)
@@ -313,6 +314,8 @@ COUNT_CAP = 50_000
 # The progress handler runs every this many VM steps; the walk gets WALK_BUDGET_STEPS in all (about 5 ms).
 PROGRESS_EVERY = 1000
 WALK_BUDGET_STEPS = 400_000
+# VM steps of the walk allowed per unit of the other plan's estimated cost.
+STEPS_PER_DRIVEN_ROW = 100
 # Relative costs per row: a step of the walk (index entry, table row, checks), a driven row (a rowid
 # lookup, checks, the sorter), and a FTS match put aside for the walk's checks.
 WALK_ROW_COST = 1.0
@@ -471,7 +474,7 @@ def _find_models_sqlite(db: Any, q: ModelQuery) -> ModelPage:
         drive_cost = min(sizes.values(), default=published) * DRIVE_ROW_COST
         if not drivers or walk_cost <= drive_cost:
             # Give up on the walk when it costs several times the other plan's estimate.
-            budget = None if not drivers else max(WALK_BUDGET_STEPS, int(drive_cost * 100))
+            budget = None if not drivers else max(WALK_BUDGET_STEPS, int(drive_cost * STEPS_PER_DRIVEN_ROW))
             rows = run(f"models INDEXED BY {index}", None, budget)
     if rows is None:
         if drivers:
