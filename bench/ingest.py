@@ -5,7 +5,10 @@ model and a version through the API, writes a valid safetensors file of --size b
 streaming way, times SHA256 of the file (read + hash, page cache warm), then times the resumable upload
 (PATCH pieces of --piece-mib streamed from disk over a raw socket) until the 201, sampling the server's
 RSS from /proc while it runs. The client alone (the same sends into a sink server that discards the
-bytes) is measured too, to show it is not the bottleneck.
+bytes) is measured too, to show it is not the bottleneck, and so is the disk alone: the same number of
+bytes written and fsynced into the node's data directory. The node fsyncs every piece before it confirms
+it (a resumable upload must not confirm bytes a crash could lose), so that time is a floor under the
+upload's on a disk slower than SHA256.
 
 Target (issue 3): the upload takes <= 2.0x the time of SHA256 over the file; the node's RSS grows < 100 MB.
 
@@ -65,6 +68,23 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 2GiB, 512MiB)")
     unit = (m.group(2) or "").upper()[:1]
     return int(float(m.group(1)) * {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}[unit])
+
+
+def durable_write(directory: Path, size: int) -> float:
+    """Seconds to write `size` bytes to a new file in `directory` and fsync it: what the disk alone
+    takes to hold an upload durably (the node fsyncs each piece before it answers)."""
+    block = os.urandom(READ_BYTES)
+    path = directory / "durable-write.tmp"
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        left = size
+        while left > 0:
+            left -= handle.write(block[:min(left, len(block))])
+        handle.flush()
+        os.fsync(handle.fileno())
+    elapsed = time.perf_counter() - started
+    path.unlink()
+    return elapsed
 
 
 def free_port() -> int:
@@ -204,7 +224,7 @@ def main() -> None:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit(f"atrium serve did not start: {(tmp / 'node.log').read_text()[-2000:]}")
                     time.sleep(0.05)
-            sha_times, upload_times, client_times, growth = [], [], [], []
+            sha_times, upload_times, client_times, growth, disk_times = [], [], [], [], []
             sha256_file(file_path)  # warm the page cache
             for run in range(args.runs):
                 model = api(port, "POST", "/api/node/v1/models", token, {"name": f"Bench {run}", "type": "Checkpoint"})
@@ -212,6 +232,7 @@ def main() -> None:
                               {"name": "v1", "base_model": "SD 1.5"})
                 sha_times.append(sha256_file(file_path))
                 client_times.append(client_alone(file_path, size, piece))
+                disk_times.append(durable_write(data, size))
                 before = rss_bytes(proc.pid)
                 peak = [before]
                 done = threading.Event()
@@ -242,6 +263,9 @@ def main() -> None:
           f"best of {args.runs} run(s)")
     print(f"  sha256 of the file:      {sha:6.2f} s  {mib / sha:6.0f} MiB/s")
     print(f"  client alone (sink):     {min(client_times):6.2f} s  {mib / min(client_times):6.0f} MiB/s")
+    disk = min(disk_times)
+    print(f"  disk alone (write+fsync): {disk:5.2f} s  {mib / disk:6.0f} MiB/s  ({disk / sha:.2f}x sha256: "
+          "a floor for a durable upload)")
     print(f"  upload to atrium (201):  {up:6.2f} s  {mib / up:6.0f} MiB/s")
     print(f"  ratio upload / sha256: {ratio:.2f}x (target <= {TARGET_RATIO:.1f}x: "
           f"{'met' if ratio <= TARGET_RATIO else 'MISSED'})")

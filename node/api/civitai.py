@@ -7,10 +7,12 @@ unknown fields keep working.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 from aiohttp import web
 
 from node.api.auth import public
@@ -18,7 +20,8 @@ from node.api.bodies import int_param, read_json
 from node.api.keys import NODE
 from node.core.catalog import version_air
 from node.core.errors import InvalidInput, NotFound
-from node.core.ingest import by_hash_cache, versions_by_hashes
+from node.core.ingest import versions_by_hashes
+from node.core.readcache import read_cache
 from node.core.records import FileRecord, ModelRecord, VersionRecord, load_images, load_models, load_versions
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
@@ -30,6 +33,7 @@ from node.core.vocabulary import (BASE_MODELS, NSFW_LEVELS, CommercialUse, FileF
 routes = web.RouteTableDef()
 
 MAX_HASHES_PER_LOOKUP = 100
+MIB = 1024 * 1024
 
 
 def iso(value: datetime | None) -> str | None:
@@ -267,25 +271,66 @@ def page_metadata(request: web.Request, q: Any, next_cursor: str | None, total: 
 # -- routes ----------------------------------------------------------------------------------------
 
 
+def dumps(data: Any) -> bytes:
+    """JSON bytes of an answer: orjson (several times faster than json.dumps on a page of models), with
+    json for what orjson refuses (integers past 64 bits in image metadata)."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data).encode()
+
+
+def json_body(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+async def cached_json(request: web.Request, answer: Callable[[], Awaitable[Any]]) -> web.Response:
+    """The JSON of `await answer()`, a pure function of the database and the request's URL, kept in the
+    node's read cache (node.core.readcache) until the next commit to the database."""
+    node = request.app[NODE]
+    cache = read_cache(node.db, node.config.database.read_cache_mb * MIB)
+    if not cache.enabled:
+        return json_body(dumps(await answer()))
+    # The URL as the client sent it names the answer; the base URL of links is in the key too, as a
+    # configured public URL does not show in the request.
+    key = (str(request.url), base_url(request))
+    generation, body = cache.get(key)
+    if body is None:
+        body = dumps(await answer())
+        cache.put(generation, key, body)
+    return json_body(body)
+
+
 @routes.get("/api/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     node = request.app[NODE]
     q = model_query(request)
-    page = await find_models(node.db, q)
-    records = await load_models(node.db, page.ids, image_levels=q.browsing_level)
-    primary_only = q_bool(request, "primaryFileOnly") or False
-    return web.json_response({"items": [model_json(request, r, primary_file_only=primary_only) for r in records],
-                              "metadata": page_metadata(request, q, page.next_cursor, page.total)})
+
+    async def answer() -> dict[str, Any]:
+        page = await find_models(node.db, q)
+        records = await load_models(node.db, page.ids, image_levels=q.browsing_level)
+        primary_only = q_bool(request, "primaryFileOnly") or False
+        return {"items": [model_json(request, r, primary_file_only=primary_only) for r in records],
+                "metadata": page_metadata(request, q, page.next_cursor, page.total)}
+
+    if q.period != Period.ALL_TIME:
+        # The answer changes as time passes, not only with writes: never cached.
+        return json_body(dumps(await answer()))
+    return await cached_json(request, answer)
 
 
 @routes.get("/api/v1/models/{id}")
 async def get_model(request: web.Request) -> web.Response:
     node = request.app[NODE]
     model_id = int_param(request, "id")
-    records = await load_models(node.db, [model_id])
-    if not records or records[0].model.status != ModelStatus.PUBLISHED:
-        raise NotFound(f"no model {model_id}")
-    return web.json_response(model_json(request, records[0]))
+
+    async def answer() -> dict[str, Any]:
+        records = await load_models(node.db, [model_id])
+        if not records or records[0].model.status != ModelStatus.PUBLISHED:
+            raise NotFound(f"no model {model_id}")
+        return model_json(request, records[0])
+
+    return await cached_json(request, answer)
 
 
 async def _published_version(request: web.Request, version_id: int) -> dict[str, Any]:
@@ -301,24 +346,22 @@ async def _published_version(request: web.Request, version_id: int) -> dict[str,
 
 @routes.get("/api/v1/model-versions/{id}")
 async def get_version(request: web.Request) -> web.Response:
-    return web.json_response(await _published_version(request, int_param(request, "id")))
+    version_id = int_param(request, "id")
+    return await cached_json(request, lambda: _published_version(request, version_id))
 
 
 @routes.get("/api/v1/model-versions/by-hash/{hash}")
 async def version_by_hash(request: web.Request) -> web.Response:
     node = request.app[NODE]
     text = request.match_info["hash"]
-    # The answer depends only on the database and the base URL; it is kept until the next commit.
-    cache = by_hash_cache(node.db)
-    key = (base_url(request), text)
-    generation, body = cache.get(key)
-    if body is None:
+
+    async def answer() -> dict[str, Any]:
         found = await versions_by_hashes(node.db, [text])
         if not found:
             raise NotFound(f"no model version has a file with hash {text!r}")
-        body = json.dumps(await _published_version(request, found[0])).encode()
-        cache.put(generation, key, body)
-    return web.Response(body=body, content_type="application/json", charset="utf-8")
+        return await _published_version(request, found[0])
+
+    return await cached_json(request, answer)
 
 
 @routes.post("/api/v1/model-versions/by-hash")

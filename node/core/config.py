@@ -84,6 +84,10 @@ class DatabaseSection:
     pool_size: int = key(5, "PostgreSQL only: connections kept open per node process.", minimum=1,
                          maximum=1000)
     echo: bool = key(False, "Log every SQL statement (for debugging; very verbose).")
+    read_cache_mb: int = key(128, "SQLite only: memory for answers to public catalog reads (model listings, "
+                             "models, versions, by-hash lookups), in MiB. An answer is kept until the next "
+                             "commit to the database, by any process; 0 turns the cache off.",
+                             minimum=0, maximum=65536)
 
 
 @dataclass

@@ -16,10 +16,7 @@ import asyncio
 import os
 import re
 import secrets
-import sqlite3
 import unicodedata
-import weakref
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -405,77 +402,3 @@ async def versions_by_hashes(db: Database, hashes: Sequence[str]) -> list[int]:
             if version_id not in ordered:
                 ordered.append(version_id)
     return ordered
-
-
-class ReadCache:
-    """A small LRU of answers computed from the database, dropped whole whenever the database changes.
-
-    On SQLite, `PRAGMA data_version` on a private read-only connection says (in microseconds, without
-    leaving the event loop) whether any other connection committed since the last look; every write of
-    the node goes through other connections, so an entry is never served after a commit that could
-    change it (download counts included). Elsewhere (PostgreSQL, in-memory SQLite) nothing is cached.
-    Use: `generation, value = cache.get(key)`; on a miss compute the value and `cache.put(generation,
-    key, value)`, which keeps it only if the database did not change in between.
-    """
-
-    def __init__(self, db: Database, max_entries: int = 4096) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Any, Any] = OrderedDict()
-        self._seen: int | None = None
-        self._conn: sqlite3.Connection | None = None
-        database = db.engine.url.database if db.dialect == "sqlite" else None
-        if database and database != ":memory:" and not database.startswith("file:"):
-            try:
-                self._conn = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-                self._conn.execute("PRAGMA query_only = ON")
-            except sqlite3.Error:
-                self._conn = None
-            else:
-                db.on_close(self.close)
-
-    def _generation(self) -> int | None:
-        if self._conn is None:
-            return None
-        try:
-            current = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        except sqlite3.Error:
-            self._entries.clear()
-            return None
-        if current != self._seen:
-            self._entries.clear()
-            self._seen = current
-        return current
-
-    def get(self, key: Any) -> tuple[int | None, Any]:
-        generation = self._generation()
-        if generation is None:
-            return None, None
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return generation, value
-
-    def put(self, generation: int | None, key: Any, value: Any) -> None:
-        if generation is None or self._generation() != generation:
-            return
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        self._entries.clear()
-        if conn is not None:
-            conn.close()
-
-
-_read_caches: weakref.WeakKeyDictionary[Database, ReadCache] = weakref.WeakKeyDictionary()
-
-
-def by_hash_cache(db: Database) -> ReadCache:
-    """The cache of by-hash API answers for this database (one per database)."""
-    cache = _read_caches.get(db)
-    if cache is None:
-        cache = _read_caches[db] = ReadCache(db)
-    return cache

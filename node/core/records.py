@@ -11,12 +11,15 @@ aiosqlite (one connection, a thread hop per cursor call, ORM objects). PostgreSQ
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import threading
 import weakref
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -25,12 +28,15 @@ from sqlmodel import col, select
 
 from node.core.db import Database
 from node.core.tables import (FileHash, Image, ImageResource, Model, ModelFile, ModelTag, ModelVersion, Tag,
-                              User)
+                              User, UTCDateTime)
 
 # How many example images a model listing carries per version.
 IMAGES_PER_VERSION = 10
 # Reader threads (and sqlite3 connections) per SQLite database: one per core of the machines we target.
 READ_THREADS = 2
+# Per reader connection: address space mapped over the database file, and the page cache (KiB).
+MMAP_BYTES = 1 << 30
+CACHE_KIB = 32 * 1024
 
 T = TypeVar("T")
 
@@ -60,6 +66,9 @@ class _SqliteReader:
             dbapi_connection.isolation_level = None  # we say when a read transaction starts
             dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             dbapi_connection.execute("PRAGMA query_only = ON")
+            # Pages read through a memory map and a larger page cache: no read() per page on the hot path.
+            dbapi_connection.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            dbapi_connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
     def _connection(self) -> Connection:
         conn = getattr(self.local, "conn", None)
@@ -94,6 +103,53 @@ class _SqliteReader:
             except Exception:  # noqa: BLE001 - closing from another thread at exit is best effort
                 pass
         self.engine.dispose()
+
+
+class RowType:
+    """Rows of one table read with plain sqlite3, as the same kind of values SQLAlchemy gives: named
+    tuples with the table's column names, timestamps as aware datetimes, booleans, parsed JSON."""
+
+    def __init__(self, table: sa.Table) -> None:
+        self.columns = [c.name for c in table.columns]
+        self.select = ", ".join(f'"{name}"' for name in self.columns)
+        self.tuple = namedtuple(f"{table.name}_row", self.columns)  # type: ignore[misc]
+        self.converters = [(i, _converter(c.type)) for i, c in enumerate(table.columns) if _converter(c.type)]
+
+    def make(self, raw: Sequence[Any]) -> Any:
+        if not self.converters:
+            return self.tuple._make(raw)
+        values = list(raw)
+        for i, convert in self.converters:
+            if values[i] is not None:
+                values[i] = convert(values[i])
+        return self.tuple._make(values)
+
+
+def _sqlite_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _converter(type_: Any) -> Callable[[Any], Any] | None:
+    if isinstance(type_, UTCDateTime):
+        return _sqlite_datetime
+    if isinstance(type_, sa.JSON):
+        return json.loads
+    if isinstance(type_, sa.Boolean):
+        return bool
+    return None
+
+
+def raw_sqlite(conn: Connection) -> sqlite3.Connection | None:
+    """The plain sqlite3 connection under `conn`, on a reader thread; None elsewhere (PostgreSQL, or
+    SQLite through aiosqlite, whose connection belongs to its own thread)."""
+    if conn.dialect.name != "sqlite":
+        return None
+    driver = conn.connection.driver_connection
+    return driver if isinstance(driver, sqlite3.Connection) else None
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
 
 
 _readers: weakref.WeakKeyDictionary[Database, _SqliteReader] = weakref.WeakKeyDictionary()
@@ -166,6 +222,9 @@ async def load_models(db: Database, ids: Sequence[int], *, include_drafts: bool 
 
 def _load_models(conn: Connection, ids: list[int], include_drafts: bool,
                  image_levels: int | None) -> list[ModelRecord]:
+    raw = raw_sqlite(conn)
+    if raw is not None:
+        return _load_models_sqlite(raw, ids, include_drafts, image_levels)
     models = {row.id: row for row in conn.execute(sa.select(MODELS).where(MODELS.c.id.in_(ids)))}
     if not models:
         return []
@@ -199,6 +258,9 @@ async def load_versions(db: Database, version_ids: Sequence[int], *,
 
 def _load_versions(conn: Connection, version_ids: list[int],
                    image_levels: int | None) -> list[tuple[VersionRecord, Any]]:
+    raw = raw_sqlite(conn)
+    if raw is not None:
+        return _load_versions_sqlite(raw, version_ids, image_levels)
     versions = conn.execute(sa.select(VERSIONS).where(VERSIONS.c.id.in_(version_ids))).all()
     if not versions:
         return []
@@ -231,6 +293,85 @@ def _version_records(conn: Connection, versions: Sequence[Any], image_levels: in
     ranked_sub = ranked.subquery()
     first_ids = sa.select(ranked_sub.c.id).where(ranked_sub.c.n <= IMAGES_PER_VERSION)
     for image in conn.execute(sa.select(IMAGES).where(IMAGES.c.id.in_(first_ids)).order_by(IMAGES.c.id)):
+        records[image.version_id].images.append(image)
+    return records
+
+
+# -- the same reads in plain SQL on SQLite ---------------------------------------------------------
+# Building and compiling a Core statement and processing its rows cost about a millisecond per
+# statement, more than SQLite takes to answer it; these run the same queries as prepared SQL text
+# (sqlite3 keeps the compiled statements) and give rows of the same shape. The Core versions above stay
+# the definition, and run on PostgreSQL; tests compare the two backends' answers.
+
+_MODEL_ROWS = RowType(MODELS)
+_VERSION_ROWS = RowType(VERSIONS)
+_FILE_ROWS = RowType(FILES)
+_IMAGE_ROWS = RowType(IMAGES)
+_Owner = namedtuple("_Owner", "id username")
+
+
+def _load_models_sqlite(db: Any, ids: list[int], include_drafts: bool, image_levels: int | None) -> list[ModelRecord]:
+    marks = _marks(ids)
+    models = {row.id: row for row in map(_MODEL_ROWS.make, db.execute(
+        f"SELECT {_MODEL_ROWS.select} FROM models WHERE id IN ({marks})", ids))}
+    if not models:
+        return []
+    owner_ids = list({m.owner_id for m in models.values()})
+    owners = {row[0]: _Owner._make(row) for row in db.execute(
+        f"SELECT id, username FROM users WHERE id IN ({_marks(owner_ids)})", owner_ids)}
+    tags: dict[int, list[str]] = defaultdict(list)
+    for model_id, name in db.execute(
+            "SELECT model_tags.model_id, tags.name FROM model_tags JOIN tags ON tags.id = model_tags.tag_id "
+            f"WHERE model_tags.model_id IN ({marks}) ORDER BY tags.name", ids):
+        tags[model_id].append(name)
+    published = "" if include_drafts else " AND status = 'Published'"
+    versions = [_VERSION_ROWS.make(row) for row in db.execute(
+        f"SELECT {_VERSION_ROWS.select} FROM model_versions WHERE model_id IN ({marks}){published} ORDER BY id DESC",
+        ids)]
+    by_version = _version_records_sqlite(db, versions, image_levels)
+    by_model: dict[int, list[VersionRecord]] = defaultdict(list)
+    for v in versions:
+        by_model[v.model_id].append(by_version[v.id])
+    return [ModelRecord(model=models[i], creator=owners[models[i].owner_id], tags=tags.get(i, []),
+                        versions=by_model.get(i, [])) for i in ids if i in models]
+
+
+def _load_versions_sqlite(db: Any, version_ids: list[int], image_levels: int | None) -> list[tuple[VersionRecord, Any]]:
+    versions = [_VERSION_ROWS.make(row) for row in db.execute(
+        f"SELECT {_VERSION_ROWS.select} FROM model_versions WHERE id IN ({_marks(version_ids)})", version_ids)]
+    if not versions:
+        return []
+    model_ids = list({v.model_id for v in versions})
+    models = {row.id: row for row in map(_MODEL_ROWS.make, db.execute(
+        f"SELECT {_MODEL_ROWS.select} FROM models WHERE id IN ({_marks(model_ids)})", model_ids))}
+    by_version = _version_records_sqlite(db, versions, image_levels)
+    order = {v.id: v for v in versions}
+    return [(by_version[vid], models[order[vid].model_id]) for vid in version_ids if vid in order]
+
+
+def _version_records_sqlite(db: Any, versions: Sequence[Any], image_levels: int | None) -> dict[int, VersionRecord]:
+    records = {v.id: VersionRecord(version=v) for v in versions}
+    if not records:
+        return records
+    version_ids = list(records)
+    marks = _marks(version_ids)
+    files = [_FILE_ROWS.make(row) for row in db.execute(
+        f'SELECT {_FILE_ROWS.select} FROM model_files WHERE version_id IN ({marks}) ORDER BY "primary" DESC, id',
+        version_ids)]
+    hashes: dict[int, dict[str, str]] = defaultdict(dict)
+    if files:
+        file_ids = [f.id for f in files]
+        for file_id, kind, value in db.execute(
+                f"SELECT file_id, kind, value FROM file_hashes WHERE file_id IN ({_marks(file_ids)})", file_ids):
+            hashes[file_id][kind] = value.upper()
+    for f in files:
+        records[f.version_id].files.append(FileRecord(file=f, hashes=hashes.get(f.id, {})))
+    levels = "" if image_levels is None else f" AND (nsfw_level & {int(image_levels)}) != 0"
+    for row in db.execute(
+            f"SELECT {_IMAGE_ROWS.select} FROM images WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER "
+            f"(PARTITION BY version_id ORDER BY id) AS n FROM images WHERE version_id IN ({marks}){levels}) "
+            f"WHERE n <= {IMAGES_PER_VERSION}) ORDER BY id", version_ids):
+        image = _IMAGE_ROWS.make(row)
         records[image.version_id].images.append(image)
     return records
 

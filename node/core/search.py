@@ -11,19 +11,19 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sqlite3
+import threading
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.sql.elements import UnaryExpression
-from sqlalchemy.sql.operators import custom_op
 from sqlmodel import col, select
 
 from node.core.db import Database
 from node.core.errors import InvalidInput
-from node.core.records import read
+from node.core.records import raw_sqlite, read
 from node.core.tables import Model, ModelFile, ModelSearch, ModelTag, ModelVersion, Tag, User, utcnow
 from node.core.vocabulary import ALL_BROWSING_LEVELS, ModelSort, NsfwLevel, Period
 
@@ -38,15 +38,12 @@ SAFE_LEVELS = int(NsfwLevel.PG | NsfwLevel.PG13)
 VISIBLE_LEVELS = int(ALL_BROWSING_LEVELS)
 
 PERIOD_DAYS = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 30, Period.YEAR: 365}
-# A listing first looks for its page among this many published models, taken in the requested order
-# from the sort's index, then among the next size, and only then sorts every match: common filters
+# On PostgreSQL, a listing first looks for its page among this many published models, taken in the
+# requested order from the sort's index, then among the next size, and only then sorts every match
+# (SQLite chooses its plan per request: _find_models_sqlite). Common filters
 # (a type, a popular tag or word) fill a page from the first window, and sorting all of their tens of
 # thousands of matches cost 50-250 ms a request on 100,000 models (bench/catalog_queries.py).
 SORT_WINDOWS = (400, 4000)
-# On SQLite, a filter matching at most this many models drives the listing (node.core.search
-# _sqlite_candidates); below CANDIDATE_SMALL the other filters are checked per candidate.
-CANDIDATE_CAP = 3000
-CANDIDATE_SMALL = 300
 
 
 class PageCapExceeded(InvalidInput):
@@ -165,8 +162,6 @@ def encode_cursor(value: Any, model_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[Any, int]:
-    from datetime import datetime
-
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value, model_id = json.loads(raw)
@@ -179,13 +174,10 @@ def decode_cursor(cursor: str) -> tuple[Any, int]:
         raise InvalidInput("cursor: not a cursor this node gave out") from None
 
 
-def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False, skip: frozenset[str] = frozenset()) -> Any:
+def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False) -> Any:
     # sa.select, not sqlmodel's: rows keep every column (sqlmodel returns scalars for one column).
-    # `skip` names filters (query, tag, types) that the caller has already applied another way.
-    stmt = sa.select(col(Model.id))
-    # Unary + keeps SQLite from walking an index led by status when the caller drives by id.
-    stmt = stmt.where(_unindexed(col(Model.status)) == "Published" if "status" in skip else Model.status == "Published")
-    if q.query and "query" not in skip:
+    stmt = sa.select(col(Model.id)).where(Model.status == "Published")
+    if q.query:
         words = query_words(q.query)
         if words:
             if dialect == "sqlite":
@@ -195,7 +187,7 @@ def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False, skip: fr
             else:
                 match = sa.text("tsv @@ to_tsquery('simple', :expr)").bindparams(expr=tsquery_expression(words))
                 stmt = stmt.where(col(Model.id).in_(select(ModelSearch.model_id).where(match)))
-    if q.tag and "tag" not in skip:
+    if q.tag:
         tag_name = " ".join(q.tag.strip().lower().split())
         if windowed:
             # One primary-key probe per candidate, instead of listing every model with the tag.
@@ -206,7 +198,7 @@ def _base_query(q: ModelQuery, dialect: str, *, windowed: bool = False, skip: fr
                 select(ModelTag.model_id).join(Tag, col(Tag.id) == col(ModelTag.tag_id)).where(Tag.name == tag_name)))
     if q.username:
         stmt = stmt.where(col(Model.owner_id).in_(select(User.id).where(User.username_key == q.username.lower())))
-    if q.types and "types" not in skip:
+    if q.types:
         stmt = stmt.where(col(Model.type).in_(q.types))
     if q.base_models:
         stmt = stmt.where(col(Model.id).in_(
@@ -247,6 +239,9 @@ async def find_models(db: Database, q: ModelQuery) -> ModelPage:
 
 
 def _find_models(conn: Any, q: ModelQuery, dialect: str) -> ModelPage:
+    raw = raw_sqlite(conn)
+    if raw is not None:
+        return _find_models_sqlite(raw, q)
     if q.sort == ModelSort.HIGHEST_RATED:
         key, descending = rating_expr(), True
     else:
@@ -262,23 +257,7 @@ def _find_models(conn: Any, q: ModelQuery, dialect: str) -> ModelPage:
     offset = (q.page - 1) * q.limit if q.page is not None else 0
     wanted = q.limit + 1
     rows = None
-    candidates = _sqlite_candidates(conn, q) if dialect == "sqlite" else None
-    if candidates is not None:
-        ids, skip = candidates
-        if not ids:
-            rows = []
-        else:
-            small = len(ids) <= CANDIDATE_CAP
-            stmt = _base_query(q, dialect, windowed=True, skip=skip | {"status"} if small else skip).where(col(Model.id).in_(
-                sa.select(sa.column("value", sa.Integer)).select_from(sa.func.json_each(sa.bindparam("ids", json.dumps(sorted(ids)))))))
-            if after is not None:
-                stmt = stmt.where(after)
-            # The same order, by expressions no index serves: candidates are read by id, then sorted.
-            # (A large set of a dense combination is better found walking the sort's index.)
-            by = [_unindexed(key), _unindexed(col(Model.id))] if small else [key, col(Model.id)]
-            by = [b.desc() for b in by] if descending else [b.asc() for b in by]
-            rows = conn.execute(stmt.add_columns(key).order_by(*by).limit(wanted).offset(offset)).all()
-    for size in SORT_WINDOWS if rows is None else ():
+    for size in SORT_WINDOWS:
         # The first `size` published models in sort order (read from the sort's index), then the filters.
         window = sa.select(col(Model.id)).where(Model.status == "Published")
         if after is not None:
@@ -298,55 +277,220 @@ def _find_models(conn: Any, q: ModelQuery, dialect: str) -> ModelPage:
     total = None
     if q.page is not None:
         total = conn.execute(sa.select(sa.func.count()).select_from(_base_query(q, dialect).subquery())).scalar_one()
+    return _page(q, [tuple(row) for row in rows], total)
+
+
+def _page(q: ModelQuery, rows: list[tuple[int, Any]], total: int | None) -> ModelPage:
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     next_cursor = encode_cursor(rows[-1][1], rows[-1][0]) if more and rows else None
     return ModelPage(ids=[row[0] for row in rows], next_cursor=next_cursor, total=total)
 
 
-def _unindexed(expr: Any) -> Any:
-    """`+expr`: the same value, but SQLite will not use an index for it."""
-    return UnaryExpression(expr, operator=custom_op("+"), type_=expr.type)
+# -- SQLite: plain SQL, and a plan chosen per request --------------------------------------------
+# The filters of _base_query in SQL text, and a choice between two plans:
+# - walk: read published models in sort order from the sort's index, checking each against every
+#   filter, and stop after the page (cheap when the filters together match many models);
+# - drive: read the models of the smallest filter (a query's FTS matches, a tag's models, a type's
+#   models...), check the other filters, sort them (cheap when that filter matches few).
+# The sizes of the filters are counted by SQLite (capped, and remembered per reader connection until the
+# database changes); the walk is tried when it should be cheaper, and given up for the other plan after
+# WALK_BUDGET_STEPS virtual machine steps, when the filters turn out to be correlated.
+
+SQLITE_SORT_KEYS: dict[ModelSort, tuple[str, str | None, bool]] = {
+    # sort -> (expression, index that walks it among published models, descending)
+    ModelSort.HIGHEST_RATED: ("CASE WHEN (rating_count > 0) THEN CAST(rating_sum AS FLOAT) / (rating_count + 0.0) "
+                              "ELSE 0.0 END", "ix_models_status_rating", True),
+    ModelSort.NEWEST: ("published_at", "ix_models_status_published_at", True),
+    ModelSort.OLDEST: ("published_at", "ix_models_status_published_at", False),
+    ModelSort.MOST_DOWNLOADED: ("download_count", "ix_models_status_download_count", True),
+    ModelSort.MOST_LIKED: ("like_count", "ix_models_status_like_count", True),
+    ModelSort.MOST_COLLECTED: ("like_count", "ix_models_status_like_count", True),
+    ModelSort.MOST_DISCUSSED: ("comment_count", None, True),
+    ModelSort.MOST_IMAGES: ("image_count", None, True),
+}
+# Counting a filter's models stops here: past it, the filter is "broad" and its exact size matters little.
+COUNT_CAP = 50_000
+# The progress handler runs every this many VM steps; the walk gets WALK_BUDGET_STEPS in all (about 5 ms).
+PROGRESS_EVERY = 1000
+WALK_BUDGET_STEPS = 400_000
+# VM steps of the walk allowed per unit of the other plan's estimated cost.
+STEPS_PER_DRIVEN_ROW = 100
+# Relative costs per row: a step of the walk (index entry, table row, checks), a driven row (a rowid
+# lookup, checks, the sorter), and a FTS match put aside for the walk's checks.
+WALK_ROW_COST = 1.0
+DRIVE_ROW_COST = 1.5
+FTS_MATCH_COST = 0.2
+_counts = threading.local()
 
 
-def _sqlite_candidates(conn: Any, q: ModelQuery) -> tuple[set[int], frozenset[str]] | None:
-    """On SQLite, a small superset of the models matching the query, tag and types filters, from the
-    most selective of them: each filter's model ids are read (from the tag index, the type index or the
-    FTS doclists) up to CANDIDATE_CAP; those that have no more are intersected. None when every filter
-    matches more (the sort windows then find the page faster than the lists could be read)."""
-    lists: list[tuple[str, Any, dict[str, Any]]] = []
-    if q.tag:
-        tag_name = " ".join(q.tag.strip().lower().split())
-        lists.append(("tag", "SELECT model_id FROM model_tags WHERE tag_id = (SELECT id FROM tags WHERE name = :name) "
-                             "LIMIT :cap", {"name": tag_name}))
-    if q.types:
-        types = {f"t{i}": t for i, t in enumerate(q.types)}
-        lists.append(("types", "SELECT id FROM models WHERE type IN (%s) LIMIT :cap" %
-                      ", ".join(":" + k for k in types), types))
+def _sqlite_time(value: datetime) -> str:
+    """A timestamp as SQLAlchemy stores it on SQLite (UTC, no zone)."""
+    return value.astimezone(UTC).replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_count(db: Any, sql: str, params: list[Any]) -> int:
+    """The number of rows of `sql` (capped at COUNT_CAP), remembered on this thread until the database changes."""
+    version = db.execute("PRAGMA data_version").fetchone()[0]
+    memo = getattr(_counts, "memo", None)
+    if memo is None or _counts.db is not db or _counts.version != version:
+        memo = _counts.memo = {}
+        _counts.db, _counts.version = db, version
+    key = (sql, tuple(params))
+    found = memo.get(key)
+    if found is None:
+        if len(memo) > 4096:
+            memo.clear()
+        found = memo[key] = db.execute(f"SELECT count(*) FROM ({sql} LIMIT {COUNT_CAP})", params).fetchone()[0]
+    return found
+
+
+@dataclass
+class _Filter:
+    """One condition on `models` rows, and, when it can drive a listing, the ids it matches."""
+
+    name: str
+    check: str
+    params: list[Any]
+    ids_sql: str | None = None  # SELECT of matching model ids (a superset: every check still applies)
+    ids_params: list[Any] = field(default_factory=list)
+    source: str | None = None  # FROM clause reading models through those ids
+
+
+def _sqlite_filters(db: Any, q: ModelQuery) -> list[_Filter] | None:
+    """The filters of `q` as SQL on `models`; None when one of them can match nothing."""
+    filters = [_Filter("status", "models.status = 'Published'", [])]
     if q.query:
         words = query_words(q.query)
         if words:
-            lists.append(("query", "SELECT rowid FROM model_search_fts WHERE model_search_fts MATCH :expr LIMIT :cap",
-                          {"expr": fts5_expression(words)}))
-    found: set[int] | None = None
-    skip: set[str] = set()
-    for name, sql, params in lists:
-        ids = [r[0] for r in conn.execute(sa.text(sql), {**params, "cap": CANDIDATE_CAP + 1})]
-        if len(ids) > CANDIDATE_CAP:
-            continue
-        found = set(ids) if found is None else found.intersection(ids)
-        skip.add(name)
-        if len(found) <= CANDIDATE_SMALL:
-            break  # few enough to check the other filters one by one
-    if found is None:
-        if len(lists) < 2:
-            return None  # one broad filter: the first sort window fills the page
-        # Several broad filters, whose combination may be rare: the first (a tag's or the query's
-        # models, usually fewer than a type's) drives, read whole; the others are checked per candidate.
-        name, sql, params = lists[0]
-        found = {r[0] for r in conn.execute(sa.text(sql), {**params, "cap": -1})}
-        skip.add(name)
-    return found, frozenset(skip)
+            match = "SELECT rowid FROM model_search_fts WHERE model_search_fts MATCH ?"
+            expr = fts5_expression(words)
+            filters.append(_Filter("query", f"models.id IN ({match})", [expr], match, [expr],
+                                   "model_search_fts CROSS JOIN models ON models.id = model_search_fts.rowid "
+                                   "AND model_search_fts MATCH ?"))
+    if q.tag:
+        row = db.execute("SELECT id FROM tags WHERE name = ?", (" ".join(q.tag.strip().lower().split()),)).fetchone()
+        if row is None:
+            return None
+        filters.append(_Filter("tag", "EXISTS (SELECT 1 FROM model_tags WHERE model_tags.model_id = models.id "
+                                      "AND model_tags.tag_id = ?)", [row[0]],
+                               "SELECT model_id FROM model_tags WHERE tag_id = ?", [row[0]],
+                               "model_tags CROSS JOIN models ON models.id = model_tags.model_id AND model_tags.tag_id = ?"))
+    if q.username:
+        owner = "SELECT id FROM users WHERE username_key = ?"
+        filters.append(_Filter("username", f"models.owner_id IN ({owner})", [q.username.lower()],
+                               f"SELECT id FROM models WHERE owner_id IN ({owner})", [q.username.lower()],
+                               f"models INDEXED BY ix_models_owner_id WHERE models.owner_id IN ({owner})"))
+    if q.types:
+        marks = ",".join("?" * len(q.types))
+        filters.append(_Filter("types", f"models.type IN ({marks})", list(q.types),
+                               f"SELECT id FROM models WHERE type IN ({marks})", list(q.types),
+                               f"models INDEXED BY ix_models_type WHERE models.type IN ({marks})"))
+    if q.base_models:
+        marks = ",".join("?" * len(q.base_models))
+        filters.append(_Filter("base_models", "models.id IN (SELECT model_id FROM model_versions WHERE base_model "
+                                              f"IN ({marks}) AND status = 'Published')", list(q.base_models)))
+    if q.ids:
+        marks = ",".join("?" * len(q.ids))
+        filters.append(_Filter("ids", f"models.id IN ({marks})", list(q.ids),
+                               f"SELECT id FROM models WHERE id IN ({marks})", list(q.ids),
+                               f"models WHERE models.id IN ({marks})"))
+    if q.hash:
+        by_hash = ("SELECT model_versions.model_id FROM model_versions JOIN model_files ON model_files.version_id = "
+                   "model_versions.id JOIN file_hashes ON file_hashes.file_id = model_files.id WHERE file_hashes.value = ?")
+        filters.append(_Filter("hash", f"models.id IN ({by_hash})", [q.hash.lower()], by_hash, [q.hash.lower()],
+                               f"models WHERE models.id IN ({by_hash})"))
+    levels = q.browsing_level & (SAFE_LEVELS if q.nsfw is False else VISIBLE_LEVELS)
+    filters.append(_Filter("levels", "(models.nsfw_level & ?) != 0", [levels]))
+    for flag in ("allow_no_credit", "allow_derivatives", "allow_different_license"):
+        value = getattr(q, flag)
+        if value is not None:
+            filters.append(_Filter(flag, f"models.{flag} = ?", [int(value)]))
+    if q.allow_commercial_use:
+        allowed = ["CAST(models.allow_commercial_use AS TEXT) LIKE ?" for _ in q.allow_commercial_use]
+        params: list[Any] = [f'%"{use}"%' for use in q.allow_commercial_use]
+        if "None" in q.allow_commercial_use:
+            allowed.append("CAST(models.allow_commercial_use AS TEXT) NOT LIKE ?")
+            params.append('%"%')
+        filters.append(_Filter("commercial", "(" + " OR ".join(allowed) + ")", params))
+    if q.period != Period.ALL_TIME:
+        filters.append(_Filter("period", "models.published_at >= ?",
+                               [_sqlite_time(utcnow() - timedelta(days=PERIOD_DAYS[q.period]))]))
+    return filters
+
+
+def _find_models_sqlite(db: Any, q: ModelQuery) -> ModelPage:
+    key, index, descending = SQLITE_SORT_KEYS[q.sort]
+    direction = "DESC" if descending else "ASC"
+    offset = (q.page - 1) * q.limit if q.page is not None else 0
+    filters = _sqlite_filters(db, q)
+    if filters is None:
+        return ModelPage(ids=[], next_cursor=None, total=0 if q.page is not None else None)
+    after: list[str] = []
+    after_params: list[Any] = []
+    if q.cursor is not None:
+        value, last_id = decode_cursor(q.cursor)
+        if isinstance(value, datetime):
+            value = _sqlite_time(value)
+        after = [f"({key}, models.id) {'<' if descending else '>'} (?, ?)"]
+        after_params = [value, last_id]
+    order = f"ORDER BY {key} {direction}, models.id {direction} LIMIT {q.limit + 1} OFFSET {offset}"
+
+    def run(source: str, skip: _Filter | None, budget: int | None = None) -> list[tuple[Any, ...]] | None:
+        checks = [f.check for f in filters if f is not skip] + after
+        params = [p for f in filters if f is not skip for p in f.params] + after_params
+        if skip is not None:
+            params = skip.ids_params + params
+        where = " AND " if " WHERE " in f" {source} " else " WHERE "
+        sql = f"SELECT models.id, {key} FROM {source}{where}{' AND '.join(checks)} {order}"
+        if budget is None:
+            return db.execute(sql, params).fetchall()
+        steps = [0]
+
+        def progress() -> int:
+            steps[0] += PROGRESS_EVERY
+            return steps[0] > budget
+
+        db.set_progress_handler(progress, PROGRESS_EVERY)
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupted" not in str(exc):
+                raise
+            return None
+        finally:
+            db.set_progress_handler(None, 0)
+
+    drivers = [f for f in filters if f.source is not None]
+    sizes = {f.name: _sqlite_count(db, f.ids_sql, f.ids_params) for f in drivers}  # type: ignore[arg-type]
+    rows = None
+    if index is not None:
+        published = max(1, _sqlite_count(db, "SELECT id FROM models WHERE status = 'Published'", []))
+        selectivity = 1.0
+        for f in drivers:
+            selectivity *= max(sizes[f.name], 1) / published
+        fts = sizes.get("query", 0)
+        walk_cost = (q.limit + 1 + offset) / selectivity * WALK_ROW_COST + fts * FTS_MATCH_COST
+        drive_cost = min(sizes.values(), default=published) * DRIVE_ROW_COST
+        if not drivers or walk_cost <= drive_cost:
+            # Give up on the walk when it costs several times the other plan's estimate.
+            budget = None if not drivers else max(WALK_BUDGET_STEPS, int(drive_cost * STEPS_PER_DRIVEN_ROW))
+            rows = run(f"models INDEXED BY {index}", None, budget)
+    if rows is None:
+        if drivers:
+            driver = min(drivers, key=lambda f: sizes[f.name])
+            rows = run(driver.source, driver)  # type: ignore[arg-type]
+        else:
+            rows = run("models", None)
+    total = None
+    if q.page is not None:
+        checks = " AND ".join(f.check for f in filters)
+        total = db.execute(f"SELECT count(*) FROM models WHERE {checks}",
+                           [p for f in filters for p in f.params]).fetchone()[0]
+    if q.sort in (ModelSort.NEWEST, ModelSort.OLDEST):
+        rows = [(row[0], datetime.fromisoformat(row[1]).replace(tzinfo=UTC) if row[1] is not None else None)
+                for row in rows]
+    return _page(q, rows, total)
 
 
 @dataclass
