@@ -19,8 +19,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+import orjson
 from sqlalchemy import event
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -36,6 +38,7 @@ from node.core.vocabulary import ModelStatus
 
 GENESIS = "0" * 64
 MAX_PAGE = 1000
+CROSS_PROCESS_POLL = 0.5  # seconds between head checks while a long-poll waits
 
 
 def canonical(value: Any) -> bytes:
@@ -57,14 +60,15 @@ class SignedEntry:
     @classmethod
     def from_line(cls, line: bytes | str) -> SignedEntry:
         try:
-            value = json.loads(line)
+            value = orjson.loads(line)
             return cls(value["entry"].encode(), base64.b64decode(value["sig"], validate=True))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidInput("a log line must be {\"entry\": <string>, \"sig\": <base64>}") from None
 
-    @property
-    def fields(self) -> dict[str, Any]:
-        return json.loads(self.data)
+    @cached_property
+    def fields(self) -> Any:
+        """The entry parsed (once); ValueError when the bytes are not JSON."""
+        return orjson.loads(self.data)
 
 
 def checkpoint_origin(node_id: str) -> str:
@@ -186,16 +190,23 @@ class FederationLog:
     async def wait_for_change(self, origin: str, after: int, timeout: float) -> bool:
         """Wait until `origin`'s log holds an entry after `after`, or any log this node serves changes
         (a follower then catches up on all of them), or `timeout` seconds pass. True when `origin`
-        has news."""
-        if (await self.head(origin))[0] > after:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                async with self.changed:
-                    await self.changed.wait()
-        except TimeoutError:
-            pass
-        return (await self.head(origin))[0] > after
+        has news. Appends by this process wake it at once; those of other processes sharing the
+        database (several `atrium serve` behind a proxy) are seen within CROSS_PROCESS_POLL seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if (await self.head(origin))[0] > after:
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                async with asyncio.timeout(min(remaining, CROSS_PROCESS_POLL)):
+                    async with self.changed:
+                        await self.changed.wait()
+                return (await self.head(origin))[0] > after
+            except TimeoutError:
+                continue
 
     async def leaves(self, size: int | None = None) -> list[bytes]:
         """Leaf hashes of the first `size` entries (all by default), cached and extended as it grows."""

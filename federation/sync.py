@@ -23,10 +23,13 @@ import hashlib
 import json
 import logging
 import random
+from datetime import UTC
 from typing import Any
 
 import aiohttp
-from sqlalchemy import delete, insert
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import delete
 from sqlmodel import col, select
 
 from federation import merkle
@@ -36,7 +39,7 @@ from federation.verify import Cursor, LogRejected, check_batch, parse_entry
 from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
-from node.core.tables import LogEntry, LogHead, Peer, RemoteModel, utcnow
+from node.core.tables import LogEntry, LogHead, Peer, RemoteModel, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ PAGE = 1000
 REFRESH_SECONDS = 2.0
 HALTING = ("tampered", "forged", "fork", "identity")
 REMOVING_KINDS = ("model.unpublished", "model.deleted", "model.takedown")
-MAX_LOG_LINE = 1024 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class PeerError(Exception):
@@ -63,10 +66,21 @@ class Syncer:
         self._http: aiohttp.ClientSession | None = None
         self.applied = asyncio.Condition()  # notified after each applied batch (tests and the bench wait on it)
 
+    async def open(self) -> None:
+        """Open the HTTP client the pullers share (run() does it; a bench or a test may call
+        catch_up() directly between open() and close())."""
+        if self._http is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.settings.poll_seconds + 15)
+            self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": f"atrium-node/{__version__}"})
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
     async def run(self) -> None:
         """Keep one puller per active peer until cancelled (peers added by the CLI are picked up)."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.settings.poll_seconds + 15)
-        self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": f"atrium-node/{__version__}"})
+        await self.open()
         try:
             while True:
                 active = {p.id: p for p in await self.peers.active()}
@@ -83,7 +97,7 @@ class Syncer:
                 task.cancel()
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             self._tasks.clear()
-            await self._http.close()
+            await self.close()
 
     async def _pull(self, peer_id: int) -> None:
         failures = 0
@@ -194,9 +208,10 @@ class Syncer:
         """Store checked entries, move the origin's head, and update the mirrored index: one transaction."""
         if not entries:
             return
+        now = utcnow()
         rows = [{"origin": origin, "seq": f["seq"], "data": e.data, "sig": e.sig,
                  "entry_hash": hashlib.sha256(e.data).hexdigest(), "leaf_hash": merkle.leaf_hash(e.data).hex(),
-                 "kind": f["kind"][:32], "created_at": utcnow()} for e, f in zip(entries, fields, strict=True)]
+                 "kind": f["kind"][:32], "created_at": now} for e, f in zip(entries, fields, strict=True)]
         latest: dict[int, tuple[str, dict[str, Any], int]] = {}
         for f in fields:
             model = (f.get("body") or {}).get("model") if isinstance(f.get("body"), dict) else None
@@ -205,7 +220,7 @@ class Syncer:
         origin_name = next((f["body"].get("nodeName") for f in reversed(fields)
                             if isinstance(f.get("body"), dict) and isinstance(f["body"].get("nodeName"), str)), None)
         async with self.db.session() as session:
-            await (await session.connection()).execute(insert(LogEntry.__table__), rows)  # type: ignore[attr-defined]
+            await bulk_insert(session, LogEntry.__table__, rows)  # type: ignore[attr-defined]
             head = await session.get(LogHead, origin)
             if head is None:
                 head = LogHead(origin=origin, seq=0, entry_hash="")
@@ -214,10 +229,11 @@ class Syncer:
             if latest:
                 await session.exec(delete(RemoteModel).where(  # type: ignore[call-overload]
                     col(RemoteModel.origin) == origin, col(RemoteModel.remote_id).in_(list(latest))))
-            for remote_id, (kind, model, seq) in latest.items():
-                if kind in REMOVING_KINDS or model.get("status") != "Published":
-                    continue
-                session.add(_remote_model(origin, origin_name, remote_id, model, seq))
+            present = [_remote_model(origin, origin_name, remote_id, model, seq)
+                       for remote_id, (kind, model, seq) in latest.items()
+                       if kind not in REMOVING_KINDS and model.get("status") == "Published"]
+            if present:
+                await bulk_insert(session, RemoteModel.__table__, present)  # type: ignore[attr-defined]
             await session.commit()
         log.info("applied %d entries of %s (now at %d)", len(rows), origin, rows[-1]["seq"])
         self.own.notify_changed()  # our followers may be waiting for what we relay
@@ -230,10 +246,13 @@ class Syncer:
         assert self._http is not None
         try:
             async with self._http.get(url, params=params or None) as response:
-                body = await response.content.read(64 * 1024 * 1024 + 1)
-                if len(body) > 64 * 1024 * 1024:
-                    raise PeerError(f"{url}: answer larger than 64 MiB")
-                return response.status, body, response.headers
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(1024 * 1024):
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise PeerError(f"{url}: answer larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB")
+                    chunks.append(chunk)
+                return response.status, b"".join(chunks), response.headers
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PeerError(f"{url}: {type(exc).__name__}: {exc}") from None
 
@@ -301,6 +320,31 @@ class Syncer:
                     await self.applied.wait()
 
 
+async def bulk_insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows inside the session's transaction through the driver's own executemany: a
+    follower catching up on a long log spends its time checking entries, not building statements.
+    Values are converted as the table's column types would (JSON text, UTC timestamps)."""
+    columns = list(rows[0])
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    sqlite = conn.dialect.name == "sqlite"
+    kinds = [type(table.c[name].type) for name in columns]
+
+    def value(kind: type, v: Any) -> Any:
+        if v is None:
+            return None
+        if kind is sa.JSON:
+            return orjson.dumps(v).decode()
+        if kind is UTCDateTime:
+            return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else v
+        return v
+
+    marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
+    names = ", ".join(f'"{name}"' for name in columns)
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
+    await raw.executemany(sql, [tuple(value(k, row[c]) for k, c in zip(kinds, columns, strict=True)) for row in rows])
+
+
 def _checkpoint_size(note: bytes) -> int:
     try:
         return int(note.split(b"\n", 2)[1])
@@ -308,7 +352,8 @@ def _checkpoint_size(note: bytes) -> int:
         raise LogRejected("tampered", "not a checkpoint") from None
 
 
-def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: dict[str, Any], seq: int) -> RemoteModel:
+def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: dict[str, Any], seq: int) -> dict[str, Any]:
+    """A row of the mirrored index from a model as an entry describes it (fields checked and clipped)."""
     def text(key: str, limit: int) -> str:
         value = model.get(key)
         return value[:limit] if isinstance(value, str) else ""
@@ -316,13 +361,14 @@ def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: d
     versions = model.get("versions") if isinstance(model.get("versions"), list) else []
     air = next((v.get("air") for v in versions if isinstance(v, dict) and isinstance(v.get("air"), str)), "")
     name_from_air = air.split(":")[4] if air.count(":") >= 5 else origin[:16]
-    return RemoteModel(origin=origin, remote_id=remote_id, origin_name=(origin_name or name_from_air)[:64],
-                       name=text("name", 255) or f"model {remote_id}", type=text("type", 32) or "Other",
-                       description=text("description", 100_000),
-                       nsfw_level=model.get("nsfwLevel") if isinstance(model.get("nsfwLevel"), int) else 1,
-                       mode=text("mode", 16) or None, creator=text("creator", 64) or None,
-                       tags=[t for t in model.get("tags") or [] if isinstance(t, str)][:30],
-                       versions=[v for v in versions if isinstance(v, dict)], seq=seq)
+    level = model.get("nsfwLevel")
+    return {"origin": origin, "remote_id": remote_id, "origin_name": (origin_name or name_from_air)[:64],
+            "name": text("name", 255) or f"model {remote_id}", "type": text("type", 32) or "Other",
+            "description": text("description", 100_000),
+            "nsfw_level": level if isinstance(level, int) and not isinstance(level, bool) else 1,
+            "mode": text("mode", 16) or None, "creator": text("creator", 64) or None,
+            "tags": [t for t in model.get("tags") or [] if isinstance(t, str)][:30],
+            "versions": [v for v in versions if isinstance(v, dict)], "seq": seq, "updated_at": utcnow()}
 
 
 __all__ = ["PeerError", "Syncer"]

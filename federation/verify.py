@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +50,8 @@ class Cursor:
 
 def parse_entry(entry: SignedEntry) -> dict[str, Any]:
     try:
-        fields = json.loads(entry.data)
-    except (UnicodeDecodeError, ValueError):
+        fields = entry.fields
+    except ValueError:  # orjson.JSONDecodeError is a ValueError, and so is bad UTF-8
         raise LogRejected("tampered", "an entry is not JSON", {"entry": entry.data[:200].decode("utf-8", "replace")}) from None
     if not isinstance(fields, dict) or not isinstance(fields.get("seq"), int) or not isinstance(fields.get("prev"), str) \
             or not isinstance(fields.get("node"), str) or not isinstance(fields.get("kind"), str):

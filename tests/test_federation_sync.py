@@ -158,7 +158,7 @@ class FakePeer:
 
         async def log(request: web.Request) -> web.Response:
             after = int(request.query.get("after", "0"))
-            lines = [e for e in self.entries if SignedEntry.fields.fget(e)["seq"] > after]  # type: ignore[attr-defined]
+            lines = [e for e in self.entries if e.fields["seq"] > after]
             if not lines:
                 await asyncio.sleep(min(float(request.query.get("wait", "0")), 0.2))
                 return web.Response(status=202, headers={"Atrium-Log-Head": str(len(self.entries))})
@@ -262,3 +262,35 @@ def test_follow_unfollow_and_peers_from_the_command_line(tmp_path: Path) -> None
     assert atrium("unfollow", "http://127.0.0.1:9", data=data).returncode == 0
     gone = atrium("unfollow", "1", data=data)
     assert gone.returncode == 1 and "not following 1" in gone.stderr
+
+
+async def test_applying_a_batch_stores_it_the_same_way_on_each_backend(api_on: Api) -> None:
+    from node.core.tables import LogHead
+
+    fake = FakePeer()
+    for n in range(3):
+        fake.entries.append(fake.add(name=f"Remote {n}"))
+    fake.entries.append(fake.add(kind="model.deleted", name="Remote 0", seq=4))  # removes model 4 only
+    syncer = api_on.node.federation.syncer
+    cursor = await syncer.cursor(fake.identity.node_id, leaves=True)
+    from federation.verify import check_batch
+
+    fields = check_batch(cursor, fake.entries)
+    await syncer.apply(fake.identity.node_id, fake.entries, fields)
+    rows = sorted(await remote(api_on, fake.identity.node_id), key=lambda r: r.remote_id)
+    assert [(r.remote_id, r.name, r.origin_name, r.tags, r.versions) for r in rows] == \
+        [(1, "Remote 0", "fake", [], []), (2, "Remote 1", "fake", [], []), (3, "Remote 2", "fake", [], [])]
+    assert rows[0].updated_at.tzinfo is not None
+    async with api_on.node.db.read_session() as session:
+        stored = (await session.exec(select(LogEntry).where(LogEntry.origin == fake.identity.node_id)
+                                     .order_by(LogEntry.seq))).all()
+        head = await session.get(LogHead, fake.identity.node_id)
+    assert [bytes(e.data) for e in stored] == [e.data for e in fake.entries]
+    assert [bytes(e.sig) for e in stored] == [e.sig for e in fake.entries]
+    assert head.seq == 4 and head.entry_hash == hashlib.sha256(fake.entries[-1].data).hexdigest()
+    # This node now relays that log, signatures intact.
+    response = await api_on.call("GET", "/federation/v1/log", params={"origin": fake.identity.node_id})
+    relayed = [SignedEntry.from_line(line) for line in (await response.read()).splitlines()]
+    assert [(e.data, e.sig) for e in relayed] == [(e.data, e.sig) for e in fake.entries]
+    origins = await (await api_on.call("GET", "/federation/v1/origins")).json()
+    assert origins == [{"origin": api_on.node.node_id, "head": 0}, {"origin": fake.identity.node_id, "head": 4}]

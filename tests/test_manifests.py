@@ -250,3 +250,17 @@ def test_atrium_verify_checks_files_offline(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("not json")
     junk = atrium("verify", str(folder), "--manifest", str(tmp_path / "junk.json"))
     assert junk.returncode == 1 and "not JSON" in junk.stderr
+
+
+async def test_file_objects_carry_the_torrent_magnet_and_manifest_links(api: Api, creator: Creator) -> None:
+    model, version, file = await creator.published(safetensors_bytes(seed=16))
+    envelope = open_manifest(await manifest_of(api, version["id"]))  # made by now
+    answer = await (await api.call("GET", f"/api/v1/model-versions/{version['id']}")).json()
+    (listed,) = answer["files"]
+    assert listed["torrentUrl"].endswith(f"/api/node/v1/files/{file['id']}/torrent")
+    assert listed["magnet"].startswith(f"magnet:?xt=urn:btih:{envelope.files[0].info_hash_v1}")
+    assert f"urn:btmh:1220{envelope.files[0].info_hash_v2}" in listed["magnet"]
+    assert answer["manifestUrl"].endswith(f"/api/node/v1/versions/{version['id']}/manifest")
+    # The Civitai listing carries them too (its cache was dropped when the torrent was stored).
+    page = await (await api.call("GET", "/api/v1/models")).json()
+    assert page["items"][0]["modelVersions"][0]["files"][0]["magnet"] == listed["magnet"]

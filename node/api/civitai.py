@@ -26,6 +26,7 @@ from node.core.records import FileRecord, ModelRecord, VersionRecord, load_image
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
 from node.core.tables import Image, Model, ModelVersion
+from node.core.torrents import magnet_link
 from node.core.vocabulary import (BASE_MODELS, NSFW_LEVELS, CommercialUse, FileFormat, FileType, ImageSort,
                                   ModelMode, ModelSort, ModelStatus, ModelType, NsfwLevel, Period, ReactionKind,
                                   parse_enum)
@@ -68,6 +69,13 @@ def file_json(request: web.Request, record: FileRecord, version: ModelVersion) -
         "primary": f.primary,
         "downloadUrl": f"{base}/api/download/models/{version.id}?fileId={f.id}" if not f.primary
         else f"{base}/api/download/models/{version.id}",
+        # Atrium's additions (Civitai clients ignore unknown fields): the file's torrent and magnet link,
+        # once its version is published and the torrent made (docs/sharing.md).
+        **({} if record.torrent is None else {
+            "torrentUrl": f"{base}/api/node/v1/files/{f.id}/torrent",
+            "magnet": magnet_link(f.name, f.size, *record.torrent,
+                                  [f"{base}/api/download/models/{version.id}?fileId={f.id}"]),
+        }),
     }
 
 
@@ -134,6 +142,9 @@ def version_json(request: web.Request, record: VersionRecord, model: Model, *, w
         "images": [] if model.mode == ModelMode.TAKEN_DOWN else [image_json(request, i) for i in record.images],
         "downloadUrl": f"{base_url(request)}/api/download/models/{v.id}" if primary and files else None,
         "air": air_of(request, v, model),
+        # Atrium's addition: the version's signed manifest (docs/sharing.md).
+        "manifestUrl": f"{base_url(request)}/api/node/v1/versions/{v.id}/manifest"
+        if v.status == ModelStatus.PUBLISHED and files else None,
     }
     if index is not None:
         data["index"] = index

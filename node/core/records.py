@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col, select
 
 from node.core.db import Database
-from node.core.tables import (FileHash, Image, ImageResource, Model, ModelFile, ModelTag, ModelVersion, Tag,
+from node.core.tables import (FileHash, FileTorrent, Image, ImageResource, Model, ModelFile, ModelTag, ModelVersion, Tag,
                               User, UTCDateTime)
 
 # How many example images a model listing carries per version.
@@ -44,6 +44,7 @@ MODELS = Model.__table__  # type: ignore[attr-defined]
 VERSIONS = ModelVersion.__table__  # type: ignore[attr-defined]
 FILES = ModelFile.__table__  # type: ignore[attr-defined]
 HASHES = FileHash.__table__  # type: ignore[attr-defined]
+TORRENTS = FileTorrent.__table__  # type: ignore[attr-defined]
 IMAGES = Image.__table__  # type: ignore[attr-defined]
 USERS = User.__table__  # type: ignore[attr-defined]
 
@@ -190,6 +191,7 @@ async def read(db: Database, fn: Callable[[Connection], T]) -> T:
 class FileRecord:
     file: Any  # a row with the columns of ModelFile
     hashes: dict[str, str]  # Civitai hash kind -> uppercase hex
+    torrent: tuple[str, str] | None = None  # (v1, v2) info-hashes, once the file's torrent is made
 
 
 @dataclass
@@ -283,8 +285,11 @@ def _version_records(conn: Connection, versions: Sequence[Any], image_levels: in
                 sa.select(HASHES.c.file_id, HASHES.c.kind, HASHES.c.value)
                 .where(HASHES.c.file_id.in_([f.id for f in files]))):
             hashes[file_id][kind] = value.upper()
+    torrents = {} if not files else {row.file_id: (row.info_hash_v1, row.info_hash_v2) for row in conn.execute(
+        sa.select(TORRENTS.c.file_id, TORRENTS.c.info_hash_v1, TORRENTS.c.info_hash_v2)
+        .where(TORRENTS.c.file_id.in_([f.id for f in files])))}
     for f in files:
-        records[f.version_id].files.append(FileRecord(file=f, hashes=hashes.get(f.id, {})))
+        records[f.version_id].files.append(FileRecord(file=f, hashes=hashes.get(f.id, {}), torrent=torrents.get(f.id)))
     # The first few images of each version, without reading every image of popular versions.
     position = sa.func.row_number().over(partition_by=IMAGES.c.version_id, order_by=IMAGES.c.id).label("n")
     ranked = sa.select(IMAGES.c.id, position).where(IMAGES.c.version_id.in_(list(records)))
@@ -364,8 +369,13 @@ def _version_records_sqlite(db: Any, versions: Sequence[Any], image_levels: int 
         for file_id, kind, value in db.execute(
                 f"SELECT file_id, kind, value FROM file_hashes WHERE file_id IN ({_marks(file_ids)})", file_ids):
             hashes[file_id][kind] = value.upper()
+    torrents: dict[int, tuple[str, str]] = {}
+    if files:
+        torrents = {file_id: (v1, v2) for file_id, v1, v2 in db.execute(
+            f"SELECT file_id, info_hash_v1, info_hash_v2 FROM file_torrents WHERE file_id IN ({_marks(file_ids)})",
+            file_ids)}
     for f in files:
-        records[f.version_id].files.append(FileRecord(file=f, hashes=hashes.get(f.id, {})))
+        records[f.version_id].files.append(FileRecord(file=f, hashes=hashes.get(f.id, {}), torrent=torrents.get(f.id)))
     levels = "" if image_levels is None else f" AND (nsfw_level & {int(image_levels)}) != 0"
     for row in db.execute(
             f"SELECT {_IMAGE_ROWS.select} FROM images WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -74,16 +75,21 @@ class TorrentMeta:
             decoded[b"url-list"] = [u.encode() for u in urls]
         return lt.bencode(decoded)
 
-    def magnet(self, web_seeds: list[str] = (), trackers: list[str] = ()) -> str:  # type: ignore[assignment]
-        """A magnet link naming both info-hashes (hybrid), the file name and size, and web seeds."""
-        parts = [f"xt=urn:btih:{self.info_hash_v1}", f"xt=urn:btmh:1220{self.info_hash_v2}",
-                 f"dn={quote(self.name, safe='')}", f"xl={self.size}"]
-        parts += [f"tr={quote(t, safe='')}" for t in trackers]
-        parts += [f"ws={quote(u, safe='')}" for u in web_seeds]
-        return "magnet:?" + "&".join(parts)
+    def magnet(self, web_seeds: Sequence[str] = (), trackers: Sequence[str] = ()) -> str:
+        return magnet_link(self.name, self.size, self.info_hash_v1, self.info_hash_v2, web_seeds, trackers)
 
     def torrent_info(self) -> lt.torrent_info:
         return lt.torrent_info(lt.bdecode(self.data))
+
+
+def magnet_link(name: str, size: int, info_hash_v1: str, info_hash_v2: str, web_seeds: Sequence[str] = (),
+                trackers: Sequence[str] = ()) -> str:
+    """A magnet link naming both info-hashes (hybrid), the file name and size, and web seeds."""
+    parts = [f"xt=urn:btih:{info_hash_v1}", f"xt=urn:btmh:1220{info_hash_v2}", f"dn={quote(name, safe='')}",
+             f"xl={size}"]
+    parts += [f"tr={quote(t, safe='')}" for t in trackers]
+    parts += [f"ws={quote(u, safe='')}" for u in web_seeds]
+    return "magnet:?" + "&".join(parts)
 
 
 def make_torrent(blob: Path, name: str, work_dir: Path) -> TorrentMeta:
@@ -115,4 +121,4 @@ def make_torrent(blob: Path, name: str, work_dir: Path) -> TorrentMeta:
     return TorrentMeta.from_bytes(lt.bencode(stored))
 
 
-__all__ = ["TorrentMeta", "make_torrent", "piece_size_for"]
+__all__ = ["TorrentMeta", "magnet_link", "make_torrent", "piece_size_for"]
