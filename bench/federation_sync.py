@@ -199,6 +199,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         origin = tmp / "origin"
         shutil.copytree(cached, origin)
+        atrium("db", "upgrade", "--data", str(origin))  # a cache from an older schema
         token = atrium("users", "add", "maker", "--role", "creator", "--data", str(origin)).strip().splitlines()[-1]
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from federation.followers import Followers
 from federation.log import FederationLog
 from federation.mirror import MirroredIndex
 from federation.peers import Peers
@@ -22,16 +23,20 @@ class Federation:
     peers: Peers
     syncer: Syncer
     mirror: MirroredIndex
+    followers: Followers
 
 
 def attach(node: Any) -> Federation:
-    log = FederationLog(node.db, node.identity, node.name)
-    peers = Peers(node.db)
+    log = FederationLog(node.db, node.identity, node.name, node.config.public_url)
+    peers = Peers(node.db, node.config.federation)
+    followers = Followers(node.db, node.identity, node.config.federation)
     node.catalog.journals.append(log.journal)
+    log.on_append.append(followers.push_soon)
     node.federation = Federation(log=log, peers=peers,
-                                 syncer=Syncer(node.db, log, peers, node.config.federation),
-                                 mirror=MirroredIndex(node.db))
+                                 syncer=Syncer(node.db, log, peers, node.config.federation,
+                                               public_url=node.config.public_url),
+                                 mirror=MirroredIndex(node.db), followers=followers)
     return node.federation
 
 
-__all__ = ["Federation", "FederationLog", "MirroredIndex", "Peers", "Syncer", "attach"]
+__all__ = ["Federation", "FederationLog", "Followers", "MirroredIndex", "Peers", "Syncer", "attach"]

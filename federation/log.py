@@ -17,7 +17,7 @@ import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -55,7 +55,7 @@ class SignedEntry:
     def line(self) -> bytes:
         """One NDJSON line: the entry's bytes as a JSON string (exact after UTF-8 decoding) and the
         signature in base64."""
-        return canonical({"entry": self.data.decode(), "sig": base64.b64encode(self.sig).decode()}) + b"\n"
+        return orjson.dumps({"entry": self.data.decode(), "sig": base64.b64encode(self.sig).decode()}) + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes | str) -> SignedEntry:
@@ -121,12 +121,15 @@ async def model_snapshot(session: AsyncSession, node_name: str, model: Model) ->
 class FederationLog:
     """This node's log: append (inside catalog transactions), read, checkpoint, prove."""
 
-    def __init__(self, db: Database, identity: NodeIdentity, node_name: str) -> None:
+    def __init__(self, db: Database, identity: NodeIdentity, node_name: str, node_url: str | None = None) -> None:
         self.db = db
         self.identity = identity
         self.node_name = node_name
+        self.node_url = node_url  # where followers fetch files, manifests and torrents (node.public_url)
         self.changed = asyncio.Condition()
         self._leaves: list[bytes] = []  # leaf hashes of this node's entries, seq order, loaded lazily
+        self.on_append: list[Callable[[int], None]] = []  # called with the new head after each commit
+        self.closing = False
 
     @property
     def node_id(self) -> str:
@@ -135,7 +138,7 @@ class FederationLog:
     async def journal(self, session: AsyncSession, kind: str, model: Model) -> None:
         """A catalog journal (node.core.catalog): append the change with the model as it now is."""
         await self.append(session, kind, {"model": await model_snapshot(session, self.node_name, model),
-                                          "nodeName": self.node_name})
+                                          "nodeName": self.node_name, "nodeUrl": self.node_url})
 
     async def append(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> LogEntry:
         """Sign and add the next entry inside `session`'s transaction (the caller commits)."""
@@ -154,8 +157,18 @@ class FederationLog:
         session.add(entry)
         session.add(head)
         await session.flush()
-        event.listen(session.sync_session, "after_commit", lambda _s: self.notify_changed(), once=True)
+        event.listen(session.sync_session, "after_commit", lambda _s: self._committed(entry.seq), once=True)
         return entry
+
+    def _committed(self, seq: int) -> None:
+        self.notify_changed()
+        for hook in self.on_append:
+            hook(seq)
+
+    def shutdown(self) -> None:
+        """The server is stopping: long-polls answer now instead of holding the shutdown up."""
+        self.closing = True
+        self.notify_changed()
 
     def notify_changed(self) -> None:
         """Wake long-polls: this node's log, or a log it mirrors, has new entries."""
@@ -198,7 +211,7 @@ class FederationLog:
             if (await self.head(origin))[0] > after:
                 return True
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self.closing:
                 return False
             try:
                 async with asyncio.timeout(min(remaining, CROSS_PROCESS_POLL)):

@@ -19,7 +19,7 @@ def _like(text: str) -> str:
 
 
 def remote_model_json(row: RemoteModel) -> dict[str, Any]:
-    return {"origin": {"id": row.origin, "name": row.origin_name}, "id": row.remote_id, "name": row.name,
+    return {"origin": {"id": row.origin, "name": row.origin_name, "url": row.origin_url}, "id": row.remote_id, "name": row.name,
             "type": row.type, "description": row.description, "creator": row.creator, "tags": row.tags,
             "nsfwLevel": row.nsfw_level, "mode": row.mode, "versions": row.versions, "logSeq": row.seq}
 

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 from sqlmodel import col, select
 
 from node.core.db import Database
-from node.core.errors import Conflict, InvalidInput, NotFound
+from node.core.config import FederationSection
+from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.core.tables import LogHead, Peer
 
 PEER_STATES = ("active", "halted")
@@ -57,12 +58,18 @@ class PeerStatus:
 class Peers:
     """Followed nodes, stored in the database (shared by `atrium serve` and the CLI)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: FederationSection | None = None) -> None:
         self.db = db
+        self.settings = settings
         self.heads: dict[int, int] = {}  # peer id -> its log head when last seen (kept by the syncer)
 
     async def follow(self, url: str) -> Peer:
         url = normalize_peer_url(url)
+        if self.settings is not None:
+            from federation.followers import is_blocked
+
+            if is_blocked(self.settings, url=url):
+                raise Forbidden(f"{url} is on federation.blocked")
         async with self.db.session() as session:
             if (await session.exec(select(Peer).where(Peer.url == url))).first() is not None:
                 raise Conflict(f"already following {url}")

@@ -1,16 +1,22 @@
-"""The federation API: the signed log (NDJSON, long-poll), checkpoints and Merkle proofs."""
+"""The federation API: the signed log (NDJSON, long-poll), checkpoints and Merkle proofs, followers
+and pushes between nodes, and the admin's view of peers and followers."""
 
 from __future__ import annotations
 
-from aiohttp import web
+import json
+from typing import Any
 
+import aiohttp
+from aiohttp import web
 from pydantic import Field
 
+from federation.httpsig import verify_request
 from federation.log import MAX_PAGE, b64
-from node.api.auth import requires
+from federation.peers import normalize_peer_url
+from node.api.auth import public, requires
 from node.api.bodies import Body, int_param, read_body
 from node.api.keys import NODE
-from node.core.errors import InvalidInput
+from node.core.errors import Forbidden, InvalidInput, Unauthenticated
 from node.core.tables import Role
 
 routes = web.RouteTableDef()
@@ -34,11 +40,26 @@ def _int(request: web.Request, name: str, default: int | None = None, *, low: in
     return value
 
 
+async def _may_read(request: web.Request) -> None:
+    """Under `federation.followers = "approved"` the log answers only approved followers' signed requests."""
+    fed = request.app[NODE].federation
+    signer = None
+    if "Signature" in request.headers:
+        signer = verify_request(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
+                                request.headers, None)
+    if not await fed.followers.may_read(signer):
+        if signer is None:
+            raise Unauthenticated("this node shares its log with approved followers only: sign the request "
+                                  "with your node key (RFC 9421) and ask its admin to approve you")
+        raise Forbidden(f"{signer} is not an approved follower of this node")
+
+
 @routes.get("/federation/v1/log")
 async def log_entries(request: web.Request) -> web.StreamResponse:
     """Entries after `after`, oldest first, one JSON object per line: this node's own log, or with
     `origin=NODE_ID` a log it mirrors (relayed with the origin's signatures). With `wait=S` (at most
     30) an empty answer waits up to S seconds for news; still nothing: 202 with no body."""
+    await _may_read(request)
     log = request.app[NODE].federation.log
     origin = request.query.get("origin") or log.node_id
     if len(origin) > 128:
@@ -68,6 +89,7 @@ async def log_entries(request: web.Request) -> web.StreamResponse:
 @routes.get("/federation/v1/origins")
 async def origins(request: web.Request) -> web.Response:
     """The logs this node serves: its own first, then those it mirrors, each with its head."""
+    await _may_read(request)
     served = await request.app[NODE].federation.log.origins()
     return web.json_response([{"origin": origin, "head": head} for origin, head in served])
 
@@ -75,6 +97,7 @@ async def origins(request: web.Request) -> web.Response:
 @routes.get("/federation/v1/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     """A C2SP signed note over the log's size and RFC 6962 Merkle root."""
+    await _may_read(request)
     note = await request.app[NODE].federation.log.checkpoint()
     return web.Response(body=note, content_type="text/plain", charset="utf-8")
 
@@ -82,6 +105,7 @@ async def checkpoint(request: web.Request) -> web.Response:
 @routes.get("/federation/v1/proof/inclusion")
 async def inclusion_proof(request: web.Request) -> web.Response:
     """The audit path of entry `seq` in the tree of the first `size` entries."""
+    await _may_read(request)
     log = request.app[NODE].federation.log
     head, _ = await log.head()
     size = _int(request, "size", head, low=1)
@@ -93,12 +117,69 @@ async def inclusion_proof(request: web.Request) -> web.Response:
 @routes.get("/federation/v1/proof/consistency")
 async def consistency_proof(request: web.Request) -> web.Response:
     """Proof that the log of `from` entries is a prefix of the log of `to` entries."""
+    await _may_read(request)
     log = request.app[NODE].federation.log
     head, _ = await log.head()
     old = _int(request, "from", low=1)
     new = _int(request, "to", head, low=1)
     proof = await log.consistency(old, new)
     return web.json_response({"from": old, "to": new, "hashes": b64(proof)})
+
+
+# -- followers and pushes ---------------------------------------------------------------------------
+
+
+async def _signed_json(request: web.Request) -> tuple[str, dict]:
+    body = await request.read()
+    signer = verify_request(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
+                            request.headers, body)
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidInput("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("expected a JSON object")
+    return signer, data
+
+
+@routes.post("/federation/v1/followers")
+@public("nodes authenticate with an RFC 9421 signature by their node key, checked in the handler")
+async def add_follower(request: web.Request) -> web.Response:
+    """A node asks to follow this one: `{"url"}`, signed by its key. Its URL must serve its node id."""
+    signer, data = await _signed_json(request)
+    url = data.get("url")
+    if not isinstance(url, str):
+        raise InvalidInput("url: the follower's base URL is required")
+    url = normalize_peer_url(url)
+    fed = request.app[NODE].federation
+    served = await _served_node_id(url)
+    follower = await fed.followers.register(signer, url, served)
+    return web.json_response({"nodeId": follower.node_id, "state": follower.state},
+                             status=201 if follower.state == "approved" else 202)
+
+
+async def _served_node_id(url: str) -> str | None:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            async with http.get(f"{url}/.well-known/atrium-node") as response:
+                if response.status != 200:
+                    return None
+                document = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+        return None
+    return document.get("id") if isinstance(document, dict) else None
+
+
+@routes.post("/federation/v1/inbox")
+@public("nodes authenticate with an RFC 9421 signature by their node key, checked in the handler")
+async def inbox(request: web.Request) -> web.Response:
+    """A followed node says its log reached `head`: its puller pulls now instead of after its pause."""
+    signer, data = await _signed_json(request)
+    if data.get("origin") != signer or not isinstance(data.get("head"), int):
+        raise InvalidInput("expected {\"origin\": <the signing node's id>, \"head\": <seq>}")
+    if not await request.app[NODE].federation.syncer.wake(signer):
+        raise Forbidden(f"this node does not follow {signer}")
+    return web.json_response({"accepted": True}, status=202)
 
 
 # -- admin: the nodes this node follows ------------------------------------------------------------
@@ -138,6 +219,31 @@ async def resume_peer(request: web.Request) -> web.Response:
     """Let a halted peer sync again, once the evidence has been looked at."""
     peer = await request.app[NODE].federation.peers.resume(int_param(request, "id"))
     return web.json_response({"id": peer.id, "url": peer.url, "state": peer.state})
+
+
+@routes.get("/api/node/v1/admin/followers")
+@requires(Role.ADMIN)
+async def list_followers(request: web.Request) -> web.Response:
+    followers = await request.app[NODE].federation.followers.list()
+    return web.json_response({"items": [follower_json(f) for f in followers]})
+
+
+class FollowerStateBody(Body):
+    state: str = Field(max_length=16)
+
+
+@routes.put("/api/node/v1/admin/followers/{id}/state")
+@requires(Role.ADMIN)
+async def set_follower_state(request: web.Request) -> web.Response:
+    """Approve (`approved`), hold (`pending`) or block (`blocked`) a follower."""
+    body = await read_body(request, FollowerStateBody)
+    follower = await request.app[NODE].federation.followers.set_state(int_param(request, "id"), body.state)
+    return web.json_response(follower_json(follower))
+
+
+def follower_json(f: Any) -> dict[str, Any]:
+    return {"id": f.id, "nodeId": f.node_id, "url": f.url, "state": f.state, "lastError": f.last_error,
+            "lastPushAt": f.last_push_at.isoformat().replace("+00:00", "Z") if f.last_push_at else None}
 
 
 @routes.get("/api/node/v1/remote-models")

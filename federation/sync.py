@@ -25,27 +25,31 @@ import logging
 import random
 from datetime import UTC
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import delete
+import yarl
 from sqlmodel import col, select
 
 from federation import merkle
+from federation.followers import is_blocked
+from federation.httpsig import sign_request
 from federation.log import FederationLog, SignedEntry
-from federation.peers import Peers
+from federation.peers import Peers, normalize_peer_url
 from federation.verify import Cursor, LogRejected, check_batch, parse_entry
 from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
+from node.core.errors import InvalidInput
 from node.core.tables import LogEntry, LogHead, Peer, RemoteModel, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
 REFRESH_SECONDS = 2.0
-HALTING = ("tampered", "forged", "fork", "identity")
+HALTING = ("tampered", "forged", "fork", "identity", "blocked")
 REMOVING_KINDS = ("model.unpublished", "model.deleted", "model.takedown")
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
@@ -57,9 +61,13 @@ class PeerError(Exception):
 class Syncer:
     """Runs the pullers of every active followed node while the node serves."""
 
-    def __init__(self, db: Database, own_log: FederationLog, peers: Peers, settings: FederationSection) -> None:
+    def __init__(self, db: Database, own_log: FederationLog, peers: Peers, settings: FederationSection,
+                 public_url: str | None = None) -> None:
         self.db = db
         self.own = own_log
+        self.public_url = public_url  # where peers reach this node (sent when it asks to follow them)
+        self._wakes: dict[int, asyncio.Event] = {}
+        self._introduced: set[int] = set()
         self.peers = peers
         self.settings = settings
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -119,7 +127,19 @@ class Syncer:
                 await self._failed(peer, str(exc))
             if failures:
                 pause = min(self.settings.retry_max_seconds, 2 ** (failures - 1))
-                await asyncio.sleep(pause * random.uniform(0.8, 1.2))
+                wake = self._wakes.setdefault(peer_id, asyncio.Event())
+                wake.clear()
+                with contextlib.suppress(TimeoutError):  # a push from the peer ends the pause early
+                    async with asyncio.timeout(pause * random.uniform(0.8, 1.2)):
+                        await wake.wait()
+
+    async def wake(self, node_id: str) -> bool:
+        """A followed node pushed "pull now": end its puller's pause. False when it is not followed."""
+        for peer in await self.peers.active():
+            if peer.node_id == node_id:
+                self._wakes.setdefault(peer.id, asyncio.Event()).set()  # type: ignore[arg-type]
+                return True
+        return False
 
     async def sync_once(self, peer: Peer) -> None:
         """Catch up on every log the peer serves, then wait once for its next entry."""
@@ -127,26 +147,37 @@ class Syncer:
         node_id, name = document.get("id"), document.get("name")
         if not isinstance(node_id, str) or not isinstance(name, str):
             raise PeerError(f"{peer.url} answered a node document without id and name")
-        if peer.node_id is None or peer.name != name:
-            await self._update(peer.id, node_id=node_id, name=name)  # type: ignore[arg-type]
-        elif peer.node_id != node_id:
+        if peer.node_id is not None and peer.node_id != node_id:
             raise LogRejected("identity", f"{peer.url} now says it is {node_id}, not {peer.node_id}",
                               {"expected": peer.node_id, "answered": node_id})
+        if is_blocked(self.settings, node_id, peer.url):
+            raise LogRejected("blocked", f"{node_id} at {peer.url} is on federation.blocked")
+        if peer.node_id is None or peer.name != name:
+            await self._update(peer.id, node_id=node_id, name=name)  # type: ignore[arg-type]
+        if peer.id not in self._introduced:
+            await self._introduce(peer.url)
+            self._introduced.add(peer.id)  # type: ignore[arg-type]
         origins = await self._json(f"{peer.url}/federation/v1/origins")
         if not isinstance(origins, list):
             raise PeerError(f"{peer.url}: /federation/v1/origins is not a list")
         for item in origins:
             origin = item.get("origin") if isinstance(item, dict) else None
-            if not isinstance(origin, str) or origin == self.own.node_id:
+            if not isinstance(origin, str) or origin == self.own.node_id or is_blocked(self.settings, origin):
                 continue
             await self.catch_up(peer.url, origin, own=origin == node_id)
+        await self._update(peer.id, last_synced_at=utcnow(), last_error=None, failures=0)  # type: ignore[arg-type]
+        # Wait on the peer's own log; while news keeps coming, apply it and wait again at once. An answer
+        # without news (timeout, or another log it serves changed) ends the round: the next one
+        # refreshes the peer's document and its relayed logs.
         cursor = await self.cursor(node_id, leaves=False)
-        status, entries, head = await self._entries(peer.url, node_id, cursor.seq, wait=self.settings.poll_seconds)
-        self.peers.heads[peer.id] = head  # type: ignore[index]
-        if entries:
+        while True:
+            status, entries, head = await self._entries(peer.url, node_id, cursor.seq, wait=self.settings.poll_seconds)
+            self.peers.heads[peer.id] = head  # type: ignore[index]
+            if not entries:
+                return
             fields = check_batch(cursor, await self._screen(node_id, cursor, entries))
             await self.apply(node_id, entries, fields)
-        await self._update(peer.id, last_synced_at=utcnow(), last_error=None, failures=0)  # type: ignore[arg-type]
+            await self._update(peer.id, last_synced_at=utcnow())  # type: ignore[arg-type]
 
     async def catch_up(self, base: str, origin: str, *, own: bool) -> int:
         """Fetch and apply everything after the cursor; the peer's own log is checked against its
@@ -217,8 +248,13 @@ class Syncer:
             model = (f.get("body") or {}).get("model") if isinstance(f.get("body"), dict) else None
             if isinstance(model, dict) and isinstance(model.get("id"), int):
                 latest[model["id"]] = (f["kind"], model, f["seq"])
-        origin_name = next((f["body"].get("nodeName") for f in reversed(fields)
-                            if isinstance(f.get("body"), dict) and isinstance(f["body"].get("nodeName"), str)), None)
+        origin_name = _latest_text(fields, "nodeName")
+        origin_url = _latest_text(fields, "nodeUrl")
+        if origin_url is not None:
+            try:
+                origin_url = normalize_peer_url(origin_url)
+            except InvalidInput:
+                origin_url = None
         async with self.db.session() as session:
             await bulk_insert(session, LogEntry.__table__, rows)  # type: ignore[attr-defined]
             head = await session.get(LogHead, origin)
@@ -226,10 +262,10 @@ class Syncer:
                 head = LogHead(origin=origin, seq=0, entry_hash="")
             head.seq, head.entry_hash = rows[-1]["seq"], rows[-1]["entry_hash"]
             session.add(head)
-            if latest:
-                await session.exec(delete(RemoteModel).where(  # type: ignore[call-overload]
-                    col(RemoteModel.origin) == origin, col(RemoteModel.remote_id).in_(list(latest))))
-            present = [_remote_model(origin, origin_name, remote_id, model, seq)
+            if latest:  # the models these entries describe are replaced (or removed) below
+                await bulk_delete(session, RemoteModel.__table__, ("origin", "remote_id"),  # type: ignore[attr-defined]
+                                  [(origin, remote_id) for remote_id in latest])
+            present = [_remote_model(origin, origin_name, origin_url, remote_id, model, seq)
                        for remote_id, (kind, model, seq) in latest.items()
                        if kind not in REMOVING_KINDS and model.get("status") == "Published"]
             if present:
@@ -242,10 +278,30 @@ class Syncer:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    async def _get(self, url: str, **params: Any) -> tuple[int, bytes, Any]:
-        assert self._http is not None
+    async def _introduce(self, base: str) -> None:
+        """Ask to be recorded as a follower (signed), so the peer pushes to us and, under an `approved`
+        policy, lets us read once an admin agrees. Failing is not fatal: the long-poll still works."""
+        if not self.public_url or self._http is None:
+            return
+        body = json.dumps({"url": self.public_url}).encode()
+        path = urlsplit(base).path.rstrip("/") + "/federation/v1/followers"
+        headers = {"Content-Type": "application/json", **sign_request(self.own.identity, "POST", path, "", body)}
         try:
-            async with self._http.get(url, params=params or None) as response:
+            async with self._http.post(f"{base}/federation/v1/followers", data=body, headers=headers) as response:
+                if response.status >= 300:
+                    log.info("%s did not record this node as a follower: HTTP %d %s", base, response.status,
+                             (await response.text())[:300])
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.info("could not introduce this node to %s: %s", base, exc)
+
+    async def _get(self, url: str, **params: Any) -> tuple[int, bytes, Any]:
+        """GET, signed with this node's key (RFC 9421) so peers with an `approved` policy know us."""
+        assert self._http is not None
+        query = urlencode(params) if params else ""
+        headers = sign_request(self.own.identity, "GET", urlsplit(url).path, query)
+        target = yarl.URL(f"{url}?{query}" if query else url, encoded=True)
+        try:
+            async with self._http.get(target, headers=headers) as response:
                 chunks, size = [], 0
                 async for chunk in response.content.iter_chunked(1024 * 1024):
                     size += len(chunk)
@@ -328,21 +384,40 @@ async def bulk_insert(session: Any, table: Any, rows: list[dict[str, Any]]) -> N
     conn = await session.connection()
     raw = (await conn.get_raw_connection()).driver_connection
     sqlite = conn.dialect.name == "sqlite"
-    kinds = [type(table.c[name].type) for name in columns]
+    stamps: dict[Any, Any] = {}  # a batch shares its timestamps: convert each once
 
-    def value(kind: type, v: Any) -> Any:
-        if v is None:
-            return None
-        if kind is sa.JSON:
-            return orjson.dumps(v).decode()
-        if kind is UTCDateTime:
-            return v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else v
-        return v
+    def stamp(v: Any) -> Any:
+        if v is None or not sqlite:
+            return v
+        if v not in stamps:
+            stamps[v] = v.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return stamps[v]
 
+    def as_json(v: Any) -> Any:
+        return None if v is None else orjson.dumps(v).decode()
+
+    converters = [as_json if type(table.c[name].type) is sa.JSON else stamp
+                  if type(table.c[name].type) is UTCDateTime else None for name in columns]
     marks = ", ".join("?" if sqlite else f"${i}" for i in range(1, len(columns) + 1))
     names = ", ".join(f'"{name}"' for name in columns)
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
-    await raw.executemany(sql, [tuple(value(k, row[c]) for k, c in zip(kinds, columns, strict=True)) for row in rows])
+    converted = [(i, c) for i, c in enumerate(converters) if c is not None]
+    values = []
+    for row in rows:
+        cells = [row[c] for c in columns]
+        for i, convert in converted:
+            cells[i] = convert(cells[i])
+        values.append(tuple(cells))
+    await raw.executemany(sql, values)
+
+
+async def bulk_delete(session: Any, table: Any, key: tuple[str, ...], values: list[tuple[Any, ...]]) -> None:
+    """Delete rows by key through the driver's executemany (see bulk_insert)."""
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    sqlite = conn.dialect.name == "sqlite"
+    where = " AND ".join(f'"{name}" = {"?" if sqlite else f"${i}"}' for i, name in enumerate(key, 1))
+    await raw.executemany(f"DELETE FROM {table.name} WHERE {where}", values)
 
 
 def _checkpoint_size(note: bytes) -> int:
@@ -352,7 +427,17 @@ def _checkpoint_size(note: bytes) -> int:
         raise LogRejected("tampered", "not a checkpoint") from None
 
 
-def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: dict[str, Any], seq: int) -> dict[str, Any]:
+def _latest_text(fields: list[dict[str, Any]], key: str) -> str | None:
+    """The newest string value of `body[key]` in a batch (the origin's name or URL as it now says)."""
+    for f in reversed(fields):
+        body = f.get("body")
+        if isinstance(body, dict) and isinstance(body.get(key), str):
+            return body[key]
+    return None
+
+
+def _remote_model(origin: str, origin_name: str | None, origin_url: str | None, remote_id: int,
+                  model: dict[str, Any], seq: int) -> dict[str, Any]:
     """A row of the mirrored index from a model as an entry describes it (fields checked and clipped)."""
     def text(key: str, limit: int) -> str:
         value = model.get(key)
@@ -363,6 +448,7 @@ def _remote_model(origin: str, origin_name: str | None, remote_id: int, model: d
     name_from_air = air.split(":")[4] if air.count(":") >= 5 else origin[:16]
     level = model.get("nsfwLevel")
     return {"origin": origin, "remote_id": remote_id, "origin_name": (origin_name or name_from_air)[:64],
+            "origin_url": origin_url,
             "name": text("name", 255) or f"model {remote_id}", "type": text("type", 32) or "Other",
             "description": text("description", 100_000),
             "nsfw_level": level if isinstance(level, int) and not isinstance(level, bool) else 1,

@@ -77,8 +77,15 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
                     syncing.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await syncing
+                await node.federation.followers.close()
 
     app.cleanup_ctx.append(node_context)
+
+    async def end_long_polls(app: web.Application) -> None:
+        if NODE in app:
+            app[NODE].federation.log.shutdown()
+
+    app.on_shutdown.append(end_long_polls)
     app.add_routes(node_routes.routes)
     app.add_routes(accounts.routes)
     app.add_routes(civitai.routes)

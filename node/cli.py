@@ -103,7 +103,8 @@ async def _add_demo(config: Config) -> list[int]:
         catalog = Catalog(db, config.node.name)
         from federation.log import FederationLog
 
-        catalog.journals.append(FederationLog(db, load_identity(config.key_path), config.node.name).journal)
+        catalog.journals.append(FederationLog(db, load_identity(config.key_path), config.node.name,
+                                              config.public_url).journal)
         return await add_demo_content(Accounts(db, config.accounts), catalog,
                                       Ingest(db, blobs, catalog, config.storage))
     finally:
@@ -715,7 +716,7 @@ async def _peers(config: Config) -> AsyncIterator[Any]:
     db = Database.from_config(config)
     try:
         await db.require_current_schema()
-        yield Peers(db)
+        yield Peers(db, config.federation)
     finally:
         await db.close()
 
@@ -763,6 +764,35 @@ def cmd_peers(args: argparse.Namespace) -> int:
         halted = [s for s in statuses if s.state == "halted"]
         for s in halted:
             out(f"peer {s.id} halted: {s.last_error}; evidence: {json.dumps(s.evidence)[:2000]}")
+        return 0
+
+    return run_async(run())
+
+
+def cmd_followers(args: argparse.Namespace) -> int:
+    config = _config(args)
+
+    async def run() -> int:
+        from federation.followers import Followers
+
+        db = Database.from_config(config)
+        try:
+            await db.require_current_schema()
+            followers = Followers(db, load_identity(config.key_path), config.federation)
+            for state, target in (("approved", args.approve), ("blocked", args.block), ("pending", args.hold)):
+                if target is not None:
+                    row = await followers.set_state(target, state)
+                    out(f"follower {row.id} ({row.node_id} at {row.url}) is now {row.state}")
+                    return 0
+            rows = await followers.list()
+        finally:
+            await db.close()
+        if args.json:
+            out(json.dumps([{"id": f.id, "nodeId": f.node_id, "url": f.url, "state": f.state,
+                             "lastError": f.last_error} for f in rows], indent=2))
+            return 0
+        _table(("ID", "NODE", "URL", "STATE", "LAST PUSH ERROR"),
+               [(str(f.id), f.node_id, f.url, f.state, _clip(f.last_error or "", 50)) for f in rows])
         return 0
 
     return run_async(run())
@@ -928,6 +958,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("peers", cmd_peers, "list followed nodes: state, entries synced, lag, last error")
     p.add_argument("--resume", metavar="URL_OR_ID", help="let a halted peer sync again")
     p.add_argument("--json", action="store_true", help="print them as JSON, with any evidence")
+
+    p = command("followers", cmd_followers, "list the nodes that follow this one; approve or block them")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--approve", type=int, metavar="ID", help="let this follower read the log and get pushes")
+    group.add_argument("--block", type=int, metavar="ID", help="refuse this follower")
+    group.add_argument("--hold", type=int, metavar="ID", help="set this follower back to pending")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
 
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")

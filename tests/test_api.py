@@ -243,8 +243,10 @@ def test_every_mutating_route_of_the_node_checks_access(sqlite_config: Config) -
     guarded = {f"{r.method} {r.resource.canonical}": getattr(r.handler, "__atrium_access__")
                for r in app.router.routes() if r.method in ("POST", "PUT", "PATCH", "DELETE")}
     public_routes = sorted(k for k, v in guarded.items() if v.startswith("public:"))
+    # Nodes authenticate federation requests with HTTP signatures, checked in the handlers.
     assert public_routes == ["POST /api/node/v1/auth/login", "POST /api/node/v1/auth/register",
-                             "POST /api/v1/model-versions/by-hash"]
+                             "POST /api/v1/model-versions/by-hash", "POST /federation/v1/followers",
+                             "POST /federation/v1/inbox"]
 
 
 async def test_metrics_count_requests_by_route_pattern(api: Api) -> None:

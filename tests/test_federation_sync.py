@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from node.core.identity import NodeIdentity
 from node.core.plugins import PluginHost
 from node.core.tables import LogEntry, Peer, RemoteModel, Role
 from tests.catalog_fixtures import safetensors_bytes
-from tests.conftest import Api, make_config, wait_for, write_node
+from tests.conftest import Api, free_port, make_config, wait_for, write_node
 from tests.test_catalog import Creator
 
 
@@ -32,13 +33,15 @@ class Nodes:
         self.tmp_path = tmp_path
         self.aiohttp_client = aiohttp_client
 
-    async def start(self, name: str) -> Api:
+    async def start(self, name: str, **federation: Any) -> Api:
         data = self.tmp_path / name
         if not (data / "node.toml").exists():
             write_node(data, f'[node]\nname = "{name}"\n')
-        config = make_config(data, node={"name": name}, federation={"poll_seconds": 5})
+        port = free_port()
+        config = make_config(data, node={"name": name, "public_url": f"http://127.0.0.1:{port}"},
+                             federation={"poll_seconds": 5, **federation})
         app = create_app(config, migrate=True, plugins=PluginHost([], available={}))
-        return Api(client=await self.aiohttp_client(app), app=app)
+        return Api(client=await self.aiohttp_client(app, server_kwargs={"port": port}), app=app)
 
 
 def url(api: Api) -> str:
@@ -74,6 +77,7 @@ async def test_three_nodes_share_a_verified_catalog(nodes: Nodes) -> None:
     rows = await wait_for(lambda: remote(b, a), timeout=5)
     assert time.monotonic() - started < 2.0
     assert rows[0].name == "Shared Cats" and rows[0].origin_name == "a" and rows[0].tags == ["cats"]
+    assert rows[0].origin_url == url(a)  # where B's users fetch the files and the signed manifests
     assert rows[0].versions[0]["air"] == f"urn:air:sd1:lora:a:{model['id']}@{version['id']}"
     # C learns of A's model through B, and holds A's entries with A's own signatures.
     relayed = await wait_for(lambda: remote(c, a), timeout=5)
@@ -84,7 +88,8 @@ async def test_three_nodes_share_a_verified_catalog(nodes: Nodes) -> None:
 
     # Remote models are searchable on the followers.
     found = await (await c.call("GET", "/api/node/v1/remote-models", params={"query": "cats"})).json()
-    assert [m["name"] for m in found["items"]] == ["Shared Cats"] and found["items"][0]["origin"]["name"] == "a"
+    assert [m["name"] for m in found["items"]] == ["Shared Cats"]
+    assert found["items"][0]["origin"] == {"id": a.node.node_id, "name": "a", "url": url(a)}
     assert (await (await b.call("GET", "/api/node/v1/remote-models", params={"query": "dogs"})).json())["items"] == []
 
     # A takedown at the origin removes the model everywhere.
@@ -294,3 +299,94 @@ async def test_applying_a_batch_stores_it_the_same_way_on_each_backend(api_on: A
     assert [(e.data, e.sig) for e in relayed] == [(e.data, e.sig) for e in fake.entries]
     origins = await (await api_on.call("GET", "/federation/v1/origins")).json()
     assert origins == [{"origin": api_on.node.node_id, "head": 0}, {"origin": fake.identity.node_id, "head": 4}]
+
+
+# -- followers, pushes and policy -------------------------------------------------------------------
+
+
+async def _followers(api: Api) -> list:
+    return [f for f in await api.node.federation.followers.list()]
+
+
+async def test_a_follower_is_recorded_and_pushed_to(nodes: Nodes) -> None:
+    a, b = await nodes.start("a"), await nodes.start("b")
+    await b.node.federation.peers.follow(url(a))
+    (follower,) = await wait_for(lambda: _followers(a), timeout=10)
+    assert follower.node_id == b.node.node_id and follower.url == url(b) and follower.state == "approved"
+    maker = Creator(a, await a.user("maker", Role.CREATOR))
+    await maker.published(safetensors_bytes(seed=5))
+
+    async def pushed() -> Any:
+        (row,) = await _followers(a)
+        return row if row.last_push_at is not None else None
+
+    row = await wait_for(pushed, timeout=10)
+    assert row.last_error is None
+    admin = await a.user("root", Role.ADMIN)
+    listed = await (await a.call("GET", "/api/node/v1/admin/followers", admin)).json()
+    assert listed["items"][0]["nodeId"] == b.node.node_id
+
+
+async def test_an_approved_only_node_shares_its_log_once_the_admin_agrees(nodes: Nodes) -> None:
+    a, b = await nodes.start("a", followers="approved"), await nodes.start("b")
+    maker = Creator(a, await a.user("maker", Role.CREATOR))
+    await maker.published(safetensors_bytes(seed=6), name="Members Only")
+    assert (await a.call("GET", "/federation/v1/log")).status == 401  # unsigned
+    await b.node.federation.peers.follow(url(a))
+    (pending,) = await wait_for(lambda: _followers(a), timeout=10)
+    assert pending.state == "pending"
+    statuses = await wait_for(lambda: _with_error(b), timeout=10)
+    assert "403" in statuses["lastError"] and await remote(b, a) == []
+    admin = await a.user("root", Role.ADMIN)
+    response = await a.call("PUT", f"/api/node/v1/admin/followers/{pending.id}/state", admin, json={"state": "approved"})
+    assert response.status == 200 and (await response.json())["state"] == "approved"
+    rows = await wait_for(lambda: remote(b, a), timeout=15)  # the backoff pause is short at first
+    assert rows[0].name == "Members Only"
+    bad = await a.call("PUT", f"/api/node/v1/admin/followers/{pending.id}/state", admin, json={"state": "friend"})
+    assert bad.status == 400
+
+
+async def test_blocked_nodes_and_domains_are_neither_followed_nor_admitted(nodes: Nodes) -> None:
+    a = await nodes.start("a", blocked=["127.0.0.1"])
+    admin = await a.user("root", Role.ADMIN)
+    response = await a.call("POST", "/api/node/v1/admin/peers", admin, json={"url": "http://127.0.0.1:9"})
+    assert response.status == 403 and "federation.blocked" in (await response.json())["detail"]
+    b = await nodes.start("b")
+    await b.node.federation.peers.follow(url(a))
+    await asyncio.sleep(3)
+    assert await _followers(a) == []  # b's URL is on a blocked domain
+
+
+async def test_inbox_needs_a_signature_by_a_followed_node(nodes: Nodes) -> None:
+    from federation.httpsig import sign_request
+
+    b = await nodes.start("b")
+    stranger = NodeIdentity(Ed25519PrivateKey.generate())
+    body = json.dumps({"origin": stranger.node_id, "head": 3}).encode()
+    assert (await b.call("POST", "/federation/v1/inbox", data=body)).status == 401
+    signed = sign_request(stranger, "POST", "/federation/v1/inbox", "", body)
+    response = await b.call("POST", "/federation/v1/inbox", data=body, headers=signed)
+    assert response.status == 403 and "does not follow" in (await response.json())["detail"]
+    signed = sign_request(stranger, "POST", "/federation/v1/inbox", "", b"{}")
+    assert (await b.call("POST", "/federation/v1/inbox", data=body, headers=signed)).status == 401  # digest
+    wrong = json.dumps({"origin": "z6Mkother", "head": 3}).encode()
+    signed = sign_request(stranger, "POST", "/federation/v1/inbox", "", wrong)
+    assert (await b.call("POST", "/federation/v1/inbox", data=wrong, headers=signed)).status == 400
+
+
+def test_http_signatures_cover_method_path_query_and_body() -> None:
+    from federation.httpsig import sign_request, verify_request
+    from node.core.errors import Unauthenticated
+
+    key = NodeIdentity(Ed25519PrivateKey.generate())
+    headers = sign_request(key, "GET", "/federation/v1/log", "after=5", now=1_000_000)
+    assert verify_request("GET", "/federation/v1/log", "after=5", headers, None, now=1_000_010) == key.node_id
+    for method, path, query, now in (("POST", "/federation/v1/log", "after=5", 1_000_010),
+                                     ("GET", "/federation/v1/checkpoint", "after=5", 1_000_010),
+                                     ("GET", "/federation/v1/log", "after=0", 1_000_010),
+                                     ("GET", "/federation/v1/log", "after=5", 1_000_000 + 301)):
+        with pytest.raises(Unauthenticated):
+            verify_request(method, path, query, headers, None, now=now)
+    forged = dict(headers, Signature=headers["Signature"].replace(headers["Signature"][10:14], "AAAA"))
+    with pytest.raises(Unauthenticated):
+        verify_request("GET", "/federation/v1/log", "after=5", forged, None, now=1_000_010)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import sqlite3
 import subprocess
 import sys
@@ -74,7 +76,9 @@ async def test_a_write_by_another_process_shows_on_the_next_read(api: Api, creat
     script = ("import sqlite3, sys; conn = sqlite3.connect(sys.argv[1]); "
               "conn.execute('UPDATE models SET name = ? WHERE id = ?', ('Renamed Elsewhere', int(sys.argv[2]))); "
               "conn.commit()")
-    subprocess.run([sys.executable, "-c", script, database, str(model["id"])], check=True, timeout=30)
+    # In a thread: the node's loop keeps running (its background work may hold the write lock briefly).
+    await asyncio.to_thread(subprocess.run, [sys.executable, "-c", script, database, str(model["id"])],
+                            check=True, timeout=30)
     assert await listed_names(api) == ["Renamed Elsewhere"]
     assert (await get_json(api, f"/api/v1/models/{model['id']}"))["name"] == "Renamed Elsewhere"
 

@@ -160,6 +160,12 @@ class FederationSection:
                             minimum=1, maximum=30)
     retry_max_seconds: int = key(300, "Longest pause between tries when a followed node cannot be reached "
                                  "(the pause doubles from 1 s after each failure).", minimum=1)
+    followers: str = key("anyone", "Who may follow this node: `anyone` (every node that asks is pushed to and "
+                         "may read the log) or `approved` (an admin approves each one; the log and its "
+                         "checkpoints then answer only requests signed by an approved follower).",
+                         choices=("anyone", "approved"))
+    blocked: list[str] = key([], "Node ids (`z6Mk...`) and domains (`example.org`, which also blocks its "
+                             "subdomains) this node neither follows, nor mirrors, nor lets follow it.")
 
 
 @dataclass

@@ -121,7 +121,7 @@ class Distribution:
 
     async def prepare_model(self, model_id: int) -> list[int]:
         """Prepare every published version of a model; returns their ids."""
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             ids = list((await session.exec(select(ModelVersion.id).where(
                 ModelVersion.model_id == model_id, ModelVersion.status == ModelStatus.PUBLISHED.value))).all())
         for version_id in ids:
@@ -135,7 +135,7 @@ class Distribution:
             version, model, files = await self._version_files(version_id)
             torrents = await self._torrents(files)
             digest = files_digest(files)
-            async with self.db.session() as session:
+            async with self.db.read_session() as session:
                 stored = await session.get(VersionManifest, version_id)
                 if stored is not None and stored.files_digest == digest and stored.key_id == self.identity.node_id:
                     return stored.envelope
@@ -173,7 +173,7 @@ class Distribution:
 
     async def torrent(self, file_id: int) -> TorrentMeta:
         """A published file's torrent (made first when missing)."""
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             row = await session.get(FileTorrent, file_id)
             if row is not None:
                 return TorrentMeta.from_bytes(row.data)
@@ -181,7 +181,7 @@ class Distribution:
         if file is None:
             raise NotFound(f"no file {file_id}")
         await self.prepare(file.version_id)
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             row = await session.get(FileTorrent, file_id)
         if row is None:
             raise NotFound(f"file {file_id} has no torrent")
@@ -222,7 +222,7 @@ class Distribution:
     # -- internals -------------------------------------------------------------------------------
 
     async def _version_files(self, version_id: int) -> tuple[ModelVersion, Model, list[ModelFile]]:
-        async with self.db.session() as session:
+        async with self.db.read_session() as session:
             version = await session.get(ModelVersion, version_id)
             model = await session.get(Model, version.model_id) if version else None
             if version is None or model is None or model.status == ModelStatus.DELETED:

@@ -403,6 +403,7 @@ class RemoteModel(SQLModel, table=True):
     origin: str = Field(max_length=128, primary_key=True)  # the origin node's id
     remote_id: int = Field(primary_key=True)
     origin_name: str = Field(max_length=64)
+    origin_url: str | None = Field(default=None, max_length=512)  # where its files and manifests are
     name: str = Field(max_length=255)
     type: str = Field(max_length=32, index=True)
     description: str = Field(default="", sa_type=sa.Text)
@@ -413,3 +414,17 @@ class RemoteModel(SQLModel, table=True):
     versions: list[dict[str, Any]] = json_column(list)
     seq: int  # the log entry this state comes from
     updated_at: datetime = timestamp()
+
+
+class Follower(SQLModel, table=True):
+    """A node that follows this one: where to push "pull now", and whether it may read the log."""
+
+    __tablename__ = "followers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: str = Field(max_length=128, unique=True)
+    url: str = Field(max_length=512)
+    state: str = Field(default="approved", max_length=16)  # approved, pending, blocked
+    last_push_at: datetime | None = timestamp(nullable=True)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = timestamp()
