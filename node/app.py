@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from node.api import accounts, catalog, civitai, distribution, files, node_routes
+from node.api import accounts, catalog, civitai, distribution, files, node_routes, swarm
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -72,6 +72,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(catalog.routes)
     app.add_routes(files.routes)
     app.add_routes(distribution.routes)
+    app.add_routes(swarm.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     for name in plugins.loaded:

@@ -154,6 +154,19 @@ class NodeClient:
         except ValueError:
             raise NodeError(f"the node's answer to {method} {path} is not JSON", status=response.status) from None
 
+    async def get_bytes(self, path: str, *, limit: int = 64 * 1024 * 1024) -> bytes:
+        """A non-JSON answer's body (a manifest, a `.torrent`), at most `limit` bytes; errors as `request`."""
+        try:
+            async with self.session.get(self.url(path)) as response:
+                if response.status >= 400:
+                    raise _error_from(response.status, await response.text(), response.reason)
+                body = await response.content.read(limit + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self.base_url, exc) from None
+        if len(body) > limit:
+            raise NodeError(f"the node's answer to GET {path} is larger than {limit} bytes", status=response.status)
+        return body
+
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
