@@ -160,12 +160,16 @@ class NodeClient:
             async with self.session.get(self.url(path)) as response:
                 if response.status >= 400:
                     raise _error_from(response.status, await response.text(), response.reason)
-                body = await response.content.read(limit + 1)
+                body = bytearray()
+                # read(n) returns what has arrived, not n bytes: read to the end, stopping past the limit.
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > limit:
+                        raise NodeError(f"the node's answer to GET {path} is larger than {limit} bytes",
+                                        status=response.status)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise _unreachable(self.base_url, exc) from None
-        if len(body) > limit:
-            raise NodeError(f"the node's answer to GET {path} is larger than {limit} bytes", status=response.status)
-        return body
+        return bytes(body)
 
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -153,3 +153,27 @@ def test_bad_targets_and_options_get_a_clear_message_and_an_exit_code(
     with pytest.raises(SystemExit) as exit_info:
         main(["pull", cluster.air, *node, "--layout", "invokeai"])
     assert exit_info.value.code == 2
+
+
+async def test_the_node_client_reads_a_body_that_arrives_in_pieces_to_the_end(aiohttp_server: Any) -> None:
+    """A .torrent of a big file is ~100 KB: it reaches the client in several reads."""
+    from node.client import NodeClient, NodeError
+
+    body = bytes(range(256)) * 4096  # 1 MiB
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for offset in range(0, len(body), 64 * 1024):
+            await response.write(body[offset:offset + 64 * 1024])
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big", slow)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    async with NodeClient(f"http://127.0.0.1:{server.port}") as client:
+        assert await client.get_bytes("/big") == body
+        with pytest.raises(NodeError, match="larger than"):
+            await client.get_bytes("/big", limit=100_000)

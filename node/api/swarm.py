@@ -11,6 +11,7 @@ from urllib.parse import unquote_to_bytes
 import libtorrent as lt
 from aiohttp import web
 
+from node.api.accounts import client_address
 from node.api.auth import optional_user, requires
 from node.api.bodies import int_param
 from node.api.keys import NODE
@@ -103,7 +104,7 @@ async def announce(request: web.Request) -> web.Response:
     if not 0 < port < 65536:
         return _failure(400, "port must be 1-65535")
     event = raw.get("event", b"").decode("ascii", "replace")
-    ip = request.remote or ""
+    ip = client_address(request)  # behind a trusted reverse proxy, the peer's own address
     peers = swarm.tracker.announce(info_hash, ip, port, seed=left == 0, stopped=event == "stopped", numwant=numwant)
     own = swarm.peer_endpoint(request.url.host or ip)
     if own is not None and own != (ip, port):
