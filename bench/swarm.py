@@ -12,15 +12,18 @@
     python bench/swarm.py [--cap-mib 20] [--capped-mib 256] [--uncapped-mib 1024] [--verify-mib 2048]
                           [--pull-mib 1024] [--runs 2] [--skip-pull]
 
-Measured here (2 cores, other test suites running beside it, load average 3-5), one run:
+Measured here (2 cores, other engineers' test suites and benches running beside it, load 2-4), one run:
 
-    capped   N=1 R=20 MiB/s  256 MiB in 13.30 s  19.3 MiB/s = 0.96 x N x R   first byte 0.17 s
-    capped   N=2 R=20 MiB/s  256 MiB in 6.73 s   38.0 MiB/s = 0.95 x N x R   first byte 0.20 s
-    capped   N=4 R=20 MiB/s  256 MiB in 3.43 s   74.5 MiB/s = 0.93 x N x R   first byte 0.21 s
-    uncapped 1 seeder  1024 MiB in 10.17 s  100.6 MiB/s   (129.9 MiB/s in a run at load 2.6)
-    verify   2048 MiB: check_file 1.84 s, hashlib.sha256 1.86 s, ratio 0.99x
-    pull     1024 MiB in 15.20 s: 10.55 CPU s/GiB (user 5.51, sys 5.05), peak RSS 318 MiB
-             (6.48 CPU s/GiB, peak RSS 270 MiB in a quieter run; ~1.5 CPU s of it is Python start-up)
+    capped   N=1 R=20 MiB/s  256 MiB in 13.33 s  19.2 MiB/s = 0.96 x N x R   first byte 0.20 s
+    capped   N=2 R=20 MiB/s  256 MiB in 6.74 s   38.0 MiB/s = 0.95 x N x R   first byte 0.21 s
+    capped   N=4 R=20 MiB/s  256 MiB in 3.45 s   74.3 MiB/s = 0.93 x N x R   first byte 0.21 s
+    uncapped 1 seeder  1024 MiB in 4.99 s  205.1 MiB/s
+    verify   2048 MiB: check_file 1.55 s, hashlib.sha256 1.57 s, ratio 0.99x
+    pull     1024 MiB in 11.29 s: 8.08 CPU s/GiB (user 4.02, sys 4.05), peak RSS 329 MiB
+
+Under heavier load (5-6) other runs gave 100.6-129.9 MiB/s uncapped and 6.5-10.6 CPU s/GiB for the pull
+(about 1.5 CPU s of it is Python start-up; the rest, not broken down further, covers libtorrent's piece
+checks, the disk writes and the final SHA-256 against the manifest).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import libtorrent as lt
 import pytest
@@ -21,7 +22,9 @@ from node.core.swarm import Swarm, SwarmError, Tracker, add_params, session_sett
 from node.core.tables import Role
 from node.core.torrents import TorrentMeta, make_torrent
 from tests.catalog_fixtures import safetensors_bytes
-from tests.conftest import TEST_SWARM, Api, free_port, wait_for
+from node.app import create_app
+from node.core.plugins import PluginHost
+from tests.conftest import TEST_SWARM, Api, free_port, make_config, wait_for, write_node
 from tests.swarm_fixtures import MIB, Cluster, log_of, model_bytes, pull_process, wait_until
 from tests.test_catalog import Creator
 
@@ -138,6 +141,24 @@ async def test_fetching_from_the_swarm_needs_an_admin_and_a_well_formed_request(
     assert unreachable.status == 502 and "cannot reach" in (await unreachable.json())["detail"]
 
 
+async def test_a_node_with_the_swarm_off_serves_files_over_http_only(aiohttp_client: Any, tmp_path: Path) -> None:
+    config = make_config(write_node(tmp_path / "node"), swarm={"enabled": False})
+    app = create_app(config, migrate=True, plugins=PluginHost([], available={}))
+    api = Api(client=await aiohttp_client(app), app=app)
+    creator = Creator(api, await api.user("maker", Role.CREATOR))
+    _model, _version, file = await creator.published(safetensors_bytes(seed=27))
+    body = await (await api.call("GET", f"/api/node/v1/files/{file['id']}/swarm")).json()
+    assert body["state"] == "stopped" and not body["seeding"] and body["peerAddress"] is None
+    torrent = lt.bdecode(await (await api.call("GET", f"/api/node/v1/files/{file['id']}/torrent")).read())
+    assert b"announce" not in torrent and b"url-list" in torrent  # the web seed still works
+    assert (await api.call("GET", "/announce?info_hash=x&port=1")).status == 404
+    admin = await api.user("boss", Role.ADMIN)
+    refused = await api.call("POST", "/api/node/v1/swarm/fetch", admin,
+                             json={"node": "http://127.0.0.1:1", "versionId": 1})
+    assert refused.status == 409 and "swarm.enabled is false" in (await refused.json())["detail"]
+    assert not (tmp_path / "node" / "swarm").exists()
+
+
 async def test_resume_data_lets_a_restarted_node_seed_without_a_recheck(tmp_path: Path) -> None:
     data = model_bytes(seed=23, mib=2)
     blobs, sha256, meta = stored_blob(tmp_path, data)
@@ -220,7 +241,9 @@ def test_nodes_fetch_a_published_file_from_the_swarm_and_seed_it(cluster: Cluste
         assert blob.read_bytes() == cluster.data
         stats = node.swarm_of(cluster.info_hash)
         assert stats["state"] == "seeding" and stats["fileId"] is None and stats["sha256"] == sha256
+        # libtorrent's alerts and the fetch itself are structured log lines.
         assert "fetched and verified catstyle.safetensors" in log_of(node)
+        assert f"event=torrent_finished info_hash={cluster.info_hash}" in log_of(node)
     # Fetching again finds the blob stored and only makes sure it is seeded.
     status, body = cluster.beta.call("POST", "/api/node/v1/swarm/fetch",
                                      {"node": cluster.alpha.url, "versionId": cluster.version["id"]},

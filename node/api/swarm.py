@@ -16,7 +16,7 @@ from node.api.auth import optional_user, requires
 from node.api.bodies import int_param
 from node.api.keys import NODE
 from node.client import NodeClient, NodeError, NodeUnreachable
-from node.core.errors import InvalidInput, NotFound
+from node.core.errors import Conflict, InvalidInput, NotFound
 from node.core.swarm import ANNOUNCE_INTERVAL, ANNOUNCE_NUMWANT, SwarmError, parse_peer
 from node.core.tables import Role
 from node.sources import manifest_entry, torrent_of, verified_manifest
@@ -132,6 +132,8 @@ async def fetch_from_node(request: web.Request) -> web.Response:
     """Fetch files of another node's version through the swarm, check them against that node's signed
     manifest and seed them here. Body: {"node": URL, "versionId": N, "files": [names]?, "peers": [HOST:PORT]?}."""
     node = request.app[NODE]
+    if not node.swarm.running:
+        raise Conflict("the swarm is not running on this node (swarm.enabled is false)")
     body = await request.json() if request.can_read_body else None
     if not isinstance(body, dict):
         raise InvalidInput("expected a JSON object: {\"node\": URL, \"versionId\": N}")
