@@ -797,6 +797,63 @@ def cmd_followers(args: argparse.Namespace) -> int:
 
     return run_async(run())
 
+# -- pull --------------------------------------------------------------------------------------
+
+RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _rate(text: str) -> int:
+    """`--max-rate`: bytes per second, with an optional K, M or G (binary) suffix."""
+    number, unit = text.strip().rstrip("/s").rstrip("iBb"), ""
+    if number and number[-1].lower() in "kmg":
+        number, unit = number[:-1], number[-1].lower()
+    try:
+        value = float(number) * RATE_UNITS[unit]
+    except ValueError:
+        raise UsageError(f"--max-rate: bytes per second, e.g. 5M or 800K; got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--max-rate: must be positive; got {text!r}")
+    return int(value)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Download a version's files from the swarm, verified against the signed manifest."""
+    from node.client import NodeClient
+    from node.core.swarm import parse_peer
+    from node.pull import PullOptions, pull
+    from node.sources import split_target
+
+    default = args.node or os.environ.get("ATRIUM_NODE")
+    if not default and not args.target.startswith(("http://", "https://")):
+        try:
+            default = _config(args).public_url
+        except ConfigError as exc:
+            raise UsageError(f"{args.target!r} does not name a node: give --node URL or set ATRIUM_NODE "
+                             f"(there is no usable node in --data: {exc.detail})") from None
+    try:
+        node_url, target = split_target(args.target, default)
+        peers = [parse_peer(p) for p in args.peer]
+    except InvalidInput as exc:
+        raise UsageError(exc.detail) from None
+    root = Path(args.to)
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--to: {root} is not a directory")
+    options = PullOptions(root=root, layout=args.layout, peers=peers, listen=args.listen, key=args.key,
+                          max_rate=_rate(args.max_rate) if args.max_rate else 0, peers_only=args.peers_only)
+    token = args.token or os.environ.get("ATRIUM_TOKEN") or None
+
+    async def run() -> int:
+        async with NodeClient(node_url, token) as client:
+            for path in await pull(client, target, options):
+                out(str(path))
+        return 0
+
+    try:
+        return run_async(run())
+    except KeyboardInterrupt:
+        print("atrium: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
 
 # -- verify ------------------------------------------------------------------------------------
 
@@ -965,6 +1022,25 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--block", type=int, metavar="ID", help="refuse this follower")
     group.add_argument("--hold", type=int, metavar="ID", help="set this follower back to pending")
     p.add_argument("--json", action="store_true", help="print them as JSON")
+
+    p = client_command("pull", cmd_pull, "download a model version's files from the swarm (peers and the node's "
+                       "web seed), verify them against the signed manifest and put them where A1111 or ComfyUI "
+                       "look for them; prints each file's path")
+    p.add_argument("target", metavar="AIR|URL|HASH",
+                   help="an AIR (urn:air:...), a URL of a model, version or download on a node, or a file hash")
+    p.add_argument("--to", default=".", metavar="DIR",
+                   help="the UI's folder (with --layout) or the folder for the files (default: the current one)")
+    p.add_argument("--layout", default="flat", choices=["a1111", "comfyui", "flat"],
+                   help="a1111: models/Stable-diffusion, models/Lora, models/VAE, embeddings; comfyui: "
+                        "models/checkpoints, models/loras, models/vae, models/embeddings; flat (default): DIR itself")
+    p.add_argument("--peer", action="append", default=[], metavar="HOST:PORT",
+                   help="also download from this BitTorrent peer (repeatable)")
+    p.add_argument("--listen", default="0.0.0.0:0", metavar="HOST:PORT",
+                   help="where this pull accepts peers while it runs (default: any address, a free port)")
+    p.add_argument("--key", metavar="NODE_ID", help="require the manifest to be signed by this node id (z6Mk...)")
+    p.add_argument("--max-rate", metavar="RATE", help="download at most this many bytes per second, e.g. 5M")
+    p.add_argument("--peers-only", action="store_true",
+                   help="download only from BitTorrent peers, not from the node's web seed (HTTP)")
 
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")

@@ -154,6 +154,23 @@ class NodeClient:
         except ValueError:
             raise NodeError(f"the node's answer to {method} {path} is not JSON", status=response.status) from None
 
+    async def get_bytes(self, path: str, *, limit: int = 64 * 1024 * 1024) -> bytes:
+        """A non-JSON answer's body (a manifest, a `.torrent`), at most `limit` bytes; errors as `request`."""
+        try:
+            async with self.session.get(self.url(path)) as response:
+                if response.status >= 400:
+                    raise _error_from(response.status, await response.text(), response.reason)
+                body = bytearray()
+                # read(n) returns what has arrived, not n bytes: read to the end, stopping past the limit.
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    body += chunk
+                    if len(body) > limit:
+                        raise NodeError(f"the node's answer to GET {path} is larger than {limit} bytes",
+                                        status=response.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self.base_url, exc) from None
+        return bytes(body)
+
     async def get(self, path: str, **params: Any) -> Any:
         return await self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 

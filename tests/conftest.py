@@ -32,6 +32,9 @@ from node.core.tables import Role
 PG_ADMIN_DSN = os.environ.get("ATRIUM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Fast password hashing in tests (the defaults are tested in test_accounts).
 FAST_ACCOUNTS = {"argon2_memory_kib": 8192, "argon2_time_cost": 1}
+# The swarm of every test node: loopback only, a free port, nothing that contacts other hosts.
+TEST_SWARM = {"host": "127.0.0.1", "port": 0, "dht": False, "lsd": False, "upnp": False, "natpmp": False}
+TEST_SWARM_ENV = {f"ATRIUM_SWARM_{k.upper()}": str(v).lower() for k, v in TEST_SWARM.items()}
 
 
 def free_port() -> int:
@@ -86,7 +89,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     """A Config for `data_dir` with the given sections (no environment overrides)."""
-    raw: dict[str, Any] = {"accounts": dict(FAST_ACCOUNTS)}
+    raw: dict[str, Any] = {"accounts": dict(FAST_ACCOUNTS), "swarm": dict(TEST_SWARM)}
     for name, table in sections.items():
         raw.setdefault(name, {}).update(table)
     return config_from_mapping(data_dir, raw, env={})
@@ -172,6 +175,7 @@ def atrium(*args: str, data: Path | None = None, stdin: str | None = None, env: 
     `atrium init` gets `--no-demo` unless `demo` is set: most tests want an empty catalog.
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    full_env.update(TEST_SWARM_ENV)
     full_env.update(env or {})
     if args and args[0] == "init" and not demo:
         args = (*args, "--no-demo")
@@ -197,6 +201,7 @@ def start_serve(data: Path, *extra: str, env: dict[str, str] | None = None) -> S
     """Start `atrium serve` on a free port on 127.0.0.1 (the caller stops it)."""
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    full_env.update(TEST_SWARM_ENV)
     full_env.update(env or {})
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "node", "serve", "--data", str(data), "--host", "127.0.0.1",
@@ -262,3 +267,17 @@ def wait_healthy(server: ServeProcess, deadline: float = 20.0) -> float:
             pass
         time.sleep(0.01)
     raise AssertionError(f"no healthy answer within {deadline} s")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Three served nodes sharing one file through the swarm (tests/swarm_fixtures.py), for the swarm
+    and pull tests; stopped at the end of the session."""
+    from tests.swarm_fixtures import make_cluster
+
+    made = make_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield made
+    finally:
+        for node in (made.alpha, made.beta, made.gamma):
+            node.stop()

@@ -111,10 +111,15 @@ async def test_a_published_version_has_a_signed_manifest_and_torrents(api: Api, 
         (entry.info_hash_v1, entry.info_hash_v2, entry.file_root)
     seeds = lt.bdecode(await (await api.call("GET", f"/api/node/v1/files/{file['id']}/torrent")).read())[b"url-list"]
     (seed,) = seeds
-    assert seed.decode().endswith(f"/api/download/models/{version['id']}?fileId={file['id']}")
-    # The web seed serves the file's bytes.
+    # No query string: libtorrent refuses web seeds on the local host that have one (SSRF mitigation).
+    assert seed.decode().endswith(f"/api/node/v1/files/{file['id']}/content")
+    # The web seed serves the file's bytes, and ranges of them (206), without counting a download.
     path = seed.decode().split("://", 1)[1].split("/", 1)[1]
     assert await (await api.call("GET", "/" + path)).read() == data
+    ranged = await api.call("GET", "/" + path, headers={"Range": "bytes=10-19"})
+    assert ranged.status == 206 and await ranged.read() == data[10:20]
+    stats = await (await api.call("GET", f"/api/v1/model-versions/{version['id']}")).json()
+    assert stats["stats"]["downloadCount"] == 0
 
     magnet = await (await api.call("GET", f"/api/node/v1/files/{file['id']}/magnet")).json()
     assert magnet["infoHashV2"] == entry.info_hash_v2 and magnet["magnet"].startswith("magnet:?xt=urn:btih:")

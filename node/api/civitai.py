@@ -26,6 +26,7 @@ from node.core.records import FileRecord, ModelRecord, VersionRecord, load_image
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
 from node.core.tables import Image, Model, ModelVersion
+from node.api.swarm import ANNOUNCE_PATH
 from node.core.torrents import magnet_link
 from node.core.vocabulary import (BASE_MODELS, NSFW_LEVELS, CommercialUse, FileFormat, FileType, ImageSort,
                                   ModelMode, ModelSort, ModelStatus, ModelType, NsfwLevel, Period, ReactionKind,
@@ -73,10 +74,15 @@ def file_json(request: web.Request, record: FileRecord, version: ModelVersion) -
         # once its version is published and the torrent made (docs/sharing.md).
         **({} if record.torrent is None else {
             "torrentUrl": f"{base}/api/node/v1/files/{f.id}/torrent",
-            "magnet": magnet_link(f.name, f.size, *record.torrent,
-                                  [f"{base}/api/download/models/{version.id}?fileId={f.id}"]),
+            "magnet": magnet_link(f.name, f.size, *record.torrent, [f"{base}/api/node/v1/files/{f.id}/content"],
+                                  _trackers(request, base)),
         }),
     }
+
+
+def _trackers(request: web.Request, base: str) -> list[str]:
+    node = request.app[NODE]
+    return [f"{base}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
 
 
 def image_json(request: web.Request, image: Image, *, full: bool = False, username: str | None = None,

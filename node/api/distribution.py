@@ -9,15 +9,19 @@ from node.api.bodies import int_param
 from node.api.civitai import base_url
 from node.api.files import content_disposition
 from node.api.keys import NODE
-from node.core.errors import NotFound
+from node.api.swarm import ANNOUNCE_PATH
+from node.core.errors import Forbidden, NotFound
+from node.core.vocabulary import ModelMode
 from node.core.torrents import TorrentMeta
 
 routes = web.RouteTableDef()
 
 
 def web_seed_url(request: web.Request, version_id: int, file_id: int) -> str:
-    """This node's download URL for one file: the torrent's web seed (BEP 19)."""
-    return f"{base_url(request)}/api/download/models/{version_id}?fileId={file_id}"
+    """This node's URL of one file's bytes: the torrent's web seed (BEP 19). It has no query string:
+    libtorrent refuses web seeds on the local host whose URL has one (SSRF mitigation), and a user's
+    own node is often on the local host."""
+    return f"{base_url(request)}/api/node/v1/files/{file_id}/content"
 
 
 @routes.get("/api/node/v1/versions/{id}/manifest")
@@ -45,16 +49,44 @@ async def _file_torrent(request: web.Request) -> tuple[int, int, TorrentMeta]:
 async def file_torrent(request: web.Request) -> web.Response:
     """The file's `.torrent` (hybrid v1 + v2) with this node's download URL as web seed."""
     version_id, file_id, meta = await _file_torrent(request)
-    body = meta.with_web_seeds([web_seed_url(request, version_id, file_id)])
+    node = request.app[NODE]
+    trackers = [f"{base_url(request)}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
+    body = meta.with_web_seeds([web_seed_url(request, version_id, file_id)], trackers)
     return web.Response(body=body, content_type="application/x-bittorrent",
                         headers={"Content-Disposition": content_disposition(f"{meta.name}.torrent"),
                                  "Cache-Control": "public, max-age=300"})
+
+
+@routes.get("/api/node/v1/files/{id}/content")
+async def file_content(request: web.Request) -> web.StreamResponse:
+    """A published file's bytes, with HTTP Range (206): the web seed of its torrent. Unlike
+    /api/download/models/{versionId}, it does not count downloads: a web seed is asked for pieces,
+    often by many clients at once, and a piece is not a download."""
+    node = request.app[NODE]
+    file_id = int_param(request, "id")
+    version_id = await node.distribution.version_of_file(file_id)
+    if version_id is None:
+        raise NotFound(f"no file {file_id}")
+    _version, model = await node.catalog.visible_version(await optional_user(request), version_id)
+    if model.mode == ModelMode.TAKEN_DOWN:
+        raise Forbidden("this model was taken down by the node's moderators")
+    if model.mode == ModelMode.ARCHIVED:
+        raise web.HTTPGone(text="this model is archived: its files are no longer available for download")
+    shared = await node.distribution.shared_file(file_id)
+    return web.FileResponse(node.blobs.open_path(shared.sha256), headers={
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": content_disposition(shared.torrent.name),
+        "Cache-Control": "public, max-age=86400",
+    })
 
 
 @routes.get("/api/node/v1/files/{id}/magnet")
 async def file_magnet(request: web.Request) -> web.Response:
     """The file's magnet link and BitTorrent identifiers."""
     version_id, file_id, meta = await _file_torrent(request)
-    return web.json_response({"fileId": file_id, "magnet": meta.magnet([web_seed_url(request, version_id, file_id)]),
+    node = request.app[NODE]
+    trackers = [f"{base_url(request)}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
+    return web.json_response({"fileId": file_id,
+                              "magnet": meta.magnet([web_seed_url(request, version_id, file_id)], trackers),
                               "infoHashV1": meta.info_hash_v1, "infoHashV2": meta.info_hash_v2,
                               "fileRoot": meta.file_root, "pieceSize": meta.piece_size})

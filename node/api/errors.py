@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from node.core import errors
 from node.core.search import PageCapExceeded
+from node.core.swarm import SwarmError
 
 log = logging.getLogger("atrium.http")
 
@@ -27,6 +28,7 @@ STATUS_FOR: dict[type[errors.AtriumError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.TooLarge: 413,
+    SwarmError: 502,
     errors.RateLimited: 429,
     errors.SchemaOutOfDate: 503,
     errors.ConfigError: 500,

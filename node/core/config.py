@@ -177,6 +177,37 @@ class PluginsSection:
                              "imported; one listed that fails to load stops the node.")
 
 
+@dataclass
+class SwarmSection:
+    """BitTorrent: how this node seeds its files and fetches files it lacks (docs/sharing.md)."""
+
+    enabled: bool = key(True, "Run a BitTorrent session that seeds every stored model file and answers "
+                        "announces for them. Off: files are still served over HTTP (and as web seeds).")
+    host: str = key("0.0.0.0", "Address the BitTorrent session listens on for peers (TCP). 0.0.0.0 listens on "
+                    "every interface.")
+    port: int = key(6881, "TCP port for peers; 0 picks a free port at each start. Open it in the firewall "
+                    "so that other nodes and users can download from this node.", minimum=0, maximum=65535)
+    upload_rate_limit: int = key(0, "Most bytes per second sent to peers, all files together; 0: no limit. "
+                                 "Applies to peers on the local network too.", minimum=0)
+    download_rate_limit: int = key(0, "Most bytes per second received from peers and web seeds when this node "
+                                   "fetches a file; 0: no limit.", minimum=0)
+    connections_limit: int = key(200, "Most peer connections open at once, all files together.",
+                                 minimum=2, maximum=65535)
+    peers_per_file: int = key(50, "Most peer connections open at once for one file.", minimum=2,
+                              maximum=65535)
+    utp: bool = key(False, "Also talk to peers over uTP (UDP). Off by default: uTP is many times slower than "
+                    "TCP between nodes on fast links.")
+    dht: bool = key(True, "Join the BitTorrent DHT, so that clients holding only a magnet link find this node "
+                    "(contacts public DHT routers).")
+    lsd: bool = key(False, "Local service discovery: find peers for the same files on the local network "
+                    "by multicast.")
+    upnp: bool = key(False, "Ask the router to forward the peer port (UPnP).")
+    natpmp: bool = key(False, "Ask the router to forward the peer port (NAT-PMP).")
+    tracker: bool = key(True, "Answer BitTorrent announces for this node's files at /announce and "
+                        "name that tracker in the .torrent files this node serves, so that clients find "
+                        "every peer that fetched a file through this node.")
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection,
     "http": HttpSection,
@@ -187,6 +218,7 @@ SECTIONS: dict[str, type] = {
     "logging": LoggingSection,
     "metrics": MetricsSection,
     "federation": FederationSection,
+    "swarm": SwarmSection,
     "plugins": PluginsSection,
 }
 
@@ -205,6 +237,7 @@ class Config:
     logging: LoggingSection = field(default_factory=LoggingSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     federation: FederationSection = field(default_factory=FederationSection)
+    swarm: SwarmSection = field(default_factory=SwarmSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -220,6 +253,11 @@ class Config:
     @property
     def blobs_path(self) -> Path:
         return self.data_dir / self.storage.path
+
+    @property
+    def swarm_path(self) -> Path:
+        """Where the BitTorrent session keeps its resume data."""
+        return self.data_dir / "swarm"
 
     @property
     def database_url(self) -> str:

@@ -187,6 +187,15 @@ class Distribution:
             raise NotFound(f"file {file_id} has no torrent")
         return TorrentMeta.from_bytes(row.data)
 
+    async def shared_file(self, file_id: int) -> SharedFile:
+        """A published file with its torrent (made first when missing); NotFound when there is none."""
+        meta = await self.torrent(file_id)
+        async with self.db.read_session() as session:
+            file = await session.get(ModelFile, file_id)
+        if file is None:
+            raise NotFound(f"no file {file_id}")
+        return SharedFile(file_id, file.sha256, meta)
+
     async def version_of_file(self, file_id: int) -> int | None:
         async with self.db.read_session() as session:
             file = await session.get(ModelFile, file_id)

@@ -21,6 +21,7 @@ from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
+from node.core.swarm import Swarm, clean_fetch_dirs
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Node:
     catalog: Catalog
     ingest: Ingest
     distribution: Distribution
+    swarm: Swarm
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     version: str = __version__
 
@@ -90,9 +92,10 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     started: list[str] = []
     blobs = BlobStore(config.blobs_path)
     catalog = Catalog(db, config.node.name)
+    distribution = Distribution(db, blobs, identity, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
-                distribution=Distribution(db, blobs, identity, config.node.name))
+                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution))
     try:
         if migrate:
             status = await db.upgrade()
@@ -105,12 +108,16 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         for name in plugins.loaded:
             await plugins.call_each("atrium_startup", [name], node=node)
             started.append(name)
+        if config.swarm.enabled:
+            await asyncio.to_thread(clean_fetch_dirs, blobs)
+            await node.swarm.start()  # before catch_up, so that its new torrents are seeded at once
         chores = asyncio.create_task(housekeeping(node), name="atrium-housekeeping")
         node.distribution.start()
         try:
             yield node
         finally:
             await node.distribution.close()
+            await node.swarm.close()
             chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await chores

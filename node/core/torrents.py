@@ -68,11 +68,15 @@ class TorrentMeta:
         return cls(data=data, info_hash_v1=str(hashes.v1), info_hash_v2=str(hashes.v2), file_root=root.hex(),
                    piece_size=ti.piece_length(), name=name, size=ti.total_size())
 
-    def with_web_seeds(self, urls: list[str]) -> bytes:
-        """The `.torrent` to hand out: the stored dictionary plus `url-list` (BEP 19 web seeds)."""
+    def with_web_seeds(self, urls: list[str], trackers: list[str] = ()) -> bytes:  # type: ignore[assignment]
+        """The `.torrent` to hand out: the stored dictionary plus `url-list` (BEP 19 web seeds) and, when
+        given, `announce` / `announce-list` (trackers). Neither changes the info-hashes."""
         decoded = lt.bdecode(self.data)
         if urls:
             decoded[b"url-list"] = [u.encode() for u in urls]
+        if trackers:
+            decoded[b"announce"] = trackers[0].encode()
+            decoded[b"announce-list"] = [[t.encode()] for t in trackers]
         return lt.bencode(decoded)
 
     def magnet(self, web_seeds: Sequence[str] = (), trackers: Sequence[str] = ()) -> str:
