@@ -384,3 +384,29 @@ def test_every_mutating_web_route_checks_csrf(api: Api) -> None:
         if route.method == "POST" and not route.resource.canonical.startswith("/api/"):  # type: ignore[union-attr]
             assert getattr(route.handler, ACCESS_ATTR).startswith("session:")
 
+
+
+async def test_stale_while_revalidate_answers_old_values_while_one_task_refreshes() -> None:
+    import asyncio
+
+    from node.web.pages import StaleWhileRevalidate
+
+    calls = []
+    release = asyncio.Event()
+
+    async def compute() -> int:
+        calls.append(1)
+        if len(calls) > 1:
+            await release.wait()
+        return len(calls)
+
+    cache = StaleWhileRevalidate(fresh=0.0)
+    assert await cache.get("k", compute) == 1          # the first request waits for the value
+    assert await cache.get("k", compute) == 1          # stale: answered at once, one refresh started
+    await asyncio.sleep(0)
+    assert await cache.get("k", compute) == 1 and len(calls) == 2  # no second refresh while one runs
+    release.set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert await cache.get("k", compute) == 2
+    await cache.close()

@@ -206,3 +206,22 @@ async def test_pages_fit_a_phone_screen(api: Api, browser: Any, tmp_path: Path) 
             assert overflow <= 0, (path, overflow)
     finally:
         await context.close()
+
+
+async def test_a_member_browsing_at_r_sees_r_images_blurred_until_revealed(api: Api, page: Any,
+                                                                           tmp_path: Path) -> None:
+    creator = Creator(api, await api.user("maker", Role.CREATOR))
+    model, version, file = await creator.published(safetensors_bytes())
+    r = await creator.json("POST", f"/api/node/v1/versions/{version['id']}/images?nsfw_level=4", 201,
+                           data=png_with_parameters("something for grown-ups", color="red"))
+    await api.node.accounts.create_user("grownup", password=PASSWORD)
+    await sign_in(page, api, "grownup")
+    await page.select_option("#browsing-level", "R")  # applies at once (site.js submits the form)
+    await page.wait_for_selector("#browsing-level option[value=R][selected]", state="attached")
+    await page.goto(base(api) + f"/models/{model['id']}")
+    card = page.locator(f"#gallery li:has(a[href='/images/{r['id']}'])")
+    blurred = "el => getComputedStyle(el).filter"
+    assert "blur" in await card.locator("img").evaluate(blurred)
+    await page.screenshot(path=str(tmp_path / "blurred.png"), full_page=True)
+    await card.locator("label.reveal").click()
+    assert await card.locator("img").evaluate(blurred) == "none"

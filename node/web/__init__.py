@@ -31,11 +31,13 @@ def add_web(app: web.Application, assets: Assets | None = None) -> None:
     assets = assets or Assets()
     setup(app, assets)
     app[ERROR_RENDERER] = error_page
+    app[pages.LIKED] = pages.StaleWhileRevalidate(pages.LIKED_FRESH_SECONDS)
     app.middlewares.append(web_middleware)
 
     async def sessions_context(app: web.Application) -> AsyncIterator[None]:
         app[SESSIONS] = BrowserSessions(app[NODE].db)
         yield
+        await app[pages.LIKED].close()
 
     app.cleanup_ctx.append(sessions_context)
     app.router.add_get(STATIC_PREFIX + "{name}", assets.handler)

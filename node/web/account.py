@@ -15,7 +15,7 @@ from node.core.errors import InvalidInput, RateLimited, Unauthenticated
 from node.core.sessions import Visitor, parse_level
 from node.core.tables import Role
 from node.core.vocabulary import ReactionKind, parse_enum
-from node.web.sessions import SESSIONS, VISITOR, form, page, redirect, require_signed_in, visitor
+from node.web.sessions import SESSIONS, VISITOR, form, page, read_form, redirect, require_signed_in, visitor
 from node.web.templating import render
 
 routes = web.RouteTableDef()
@@ -25,7 +25,7 @@ MAX_FIELD = 1024
 
 async def form_data(request: web.Request) -> dict[str, str]:
     """The posted form's text fields (files and over-long values refused with a clear message)."""
-    data = await request.post()
+    data = await read_form(request)
     fields: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(value, str):

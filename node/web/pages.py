@@ -3,6 +3,9 @@ node.core (search, records, catalog) at the visitor's browsing level and render 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,10 @@ HOME_MODELS = 8
 LIST_MODELS = 24
 GALLERY_IMAGES = 24
 REVIEWS_SHOWN = 20
+# The home page's most-liked images are the month's most reacted (all time on a quiet node); ranking them
+# sorts every candidate image (a second on 200,000), so the answer is kept this long per browsing level,
+# and refreshed in the background while the previous one is still served.
+LIKED_FRESH_SECONDS = 60.0
 MAX_QUERY_LENGTH = 200
 # Keys of an image's meta shown apart (prompts) or not at all (the lists behind the resource links).
 META_SHOWN_APART = ("prompt", "negativePrompt")
@@ -71,14 +78,63 @@ async def image_cards(request: web.Request, q: ImageQuery) -> tuple[list[ImageRe
     return await load_images(db, found.ids), found.next_cursor
 
 
+class StaleWhileRevalidate:
+    """Values kept for `fresh` seconds per key; an older value is still answered at once while one
+    background task computes its successor, so only the very first request of a key waits."""
+
+    def __init__(self, fresh: float) -> None:
+        self.fresh = fresh
+        self.values: dict[Any, tuple[float, Any]] = {}
+        self.pending: dict[Any, asyncio.Task[Any]] = {}
+
+    async def get(self, key: Any, compute: Callable[[], Awaitable[Any]]) -> Any:
+        found = self.values.get(key)
+        if found is not None and time.monotonic() - found[0] < self.fresh:
+            return found[1]
+        task = self.pending.get(key)
+        if task is None:
+            task = self.pending[key] = asyncio.ensure_future(self._compute(key, compute))
+        if found is not None:
+            return found[1]
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Cancel the computations under way (the node is stopping)."""
+        for task in list(self.pending.values()):
+            task.cancel()
+        await asyncio.gather(*self.pending.values(), return_exceptions=True)
+
+    async def _compute(self, key: Any, compute: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            value = await compute()
+            self.values[key] = (time.monotonic(), value)
+            return value
+        finally:
+            self.pending.pop(key, None)
+
+
+LIKED = web.AppKey("web_liked_images", StaleWhileRevalidate)
+
+
+async def most_liked_images(request: web.Request, levels: int) -> list[ImageRecord]:
+    async def compute() -> list[ImageRecord]:
+        for period in (Period.MONTH, Period.ALL_TIME):
+            found, _ = await image_cards(request, ImageQuery(limit=HOME_IMAGES, sort=ImageSort.MOST_REACTIONS.value,
+                                                             period=period, levels=levels))
+            if len(found) == HOME_IMAGES:
+                break
+        return found
+
+    return await request.app[LIKED].get(levels, compute)  # type: ignore[no-any-return]
+
+
 @routes.get("/")
 @page
 async def home(request: web.Request) -> web.Response:
     levels = visitor(request).levels
     # One after another: on SQLite, concurrent reads through write sessions would queue on its lock.
     recent, _ = await image_cards(request, ImageQuery(limit=HOME_IMAGES, sort=ImageSort.NEWEST.value, levels=levels))
-    liked, _ = await image_cards(request, ImageQuery(limit=HOME_IMAGES, sort=ImageSort.MOST_REACTIONS.value,
-                                                     levels=levels))
+    liked = await most_liked_images(request, levels)
     newest, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.NEWEST, browsing_level=levels))
     downloaded, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.MOST_DOWNLOADED,
                                                           browsing_level=levels))

@@ -11,6 +11,7 @@ import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from aiohttp.typedefs import Handler
 from node.api.auth import ACCESS_ATTR, MUTATING_METHODS
 from node.api.keys import NODE, USER
 from node.core import errors
-from node.core.errors import Forbidden, Unauthenticated
+from node.core.errors import Forbidden, InvalidInput, Unauthenticated
 from node.core.sessions import SESSION_LIFETIME, BrowserSessions, Visitor
 from node.core.tables import Role
 from node.core.vocabulary import NsfwLevel
@@ -117,11 +118,19 @@ async def _visitor_from_cookie(request: web.Request) -> tuple[Visitor, bool]:
 async def _csrf_ok(request: web.Request, current: Visitor) -> bool:
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        data = await request.post()
+        data = await read_form(request)
         value = data.get(CSRF_FIELD)
         sent = value if isinstance(value, str) else None
     return bool(sent) and request.cookies.get(SESSION_COOKIE) is not None and \
         hmac.compare_digest(sent.encode(), current.csrf_token.encode())  # type: ignore[union-attr]
+
+
+async def read_form(request: web.Request) -> Any:
+    """The posted form; InvalidInput (400) when its body cannot be read as one."""
+    try:
+        return await request.post()
+    except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+        raise InvalidInput(f"the form could not be read: {exc}") from None
 
 
 def _wants_html(request: web.Request, handler: object) -> bool:
@@ -184,8 +193,9 @@ async def web_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         set_session_cookie(request, response, final.secret)
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Frame-Options", "DENY")
-    if final.user is not None or request.method != "GET":
-        response.headers.setdefault("Cache-Control", "private, no-store")
+    # Pages carry the visitor's CSRF token (and, signed in, their name): never for shared caches.
+    response.headers.setdefault("Cache-Control", "private, no-store" if final.user is not None
+                                or request.method != "GET" else "private, no-cache")
     return response
 
 
