@@ -32,12 +32,14 @@ def add_web(app: web.Application, assets: Assets | None = None) -> None:
     setup(app, assets)
     app[ERROR_RENDERER] = error_page
     app[pages.LIKED] = pages.StaleWhileRevalidate(pages.LIKED_FRESH_SECONDS)
+    app[pages.HOME] = pages.StaleWhileRevalidate(pages.HOME_FRESH_SECONDS)
     app.middlewares.append(web_middleware)
 
     async def sessions_context(app: web.Application) -> AsyncIterator[None]:
         app[SESSIONS] = BrowserSessions(app[NODE].db)
         yield
         await app[pages.LIKED].close()
+        await app[pages.HOME].close()
 
     app.cleanup_ctx.append(sessions_context)
     app.router.add_get(STATIC_PREFIX + "{name}", assets.handler)

@@ -33,6 +33,8 @@ REVIEWS_SHOWN = 20
 # sorts every candidate image (a second on 200,000), so the answer is kept this long per browsing level,
 # and refreshed in the background while the previous one is still served.
 LIKED_FRESH_SECONDS = 60.0
+# The rest of the home page is the same for every visitor at a browsing level: kept this long.
+HOME_FRESH_SECONDS = 10.0
 MAX_QUERY_LENGTH = 200
 # Keys of an image's meta shown apart (prompts) or not at all (the lists behind the resource links).
 META_SHOWN_APART = ("prompt", "negativePrompt")
@@ -114,6 +116,7 @@ class StaleWhileRevalidate:
 
 
 LIKED = web.AppKey("web_liked_images", StaleWhileRevalidate)
+HOME = web.AppKey("web_home_sections", StaleWhileRevalidate)
 
 
 async def most_liked_images(request: web.Request, levels: int) -> list[ImageRecord]:
@@ -132,14 +135,19 @@ async def most_liked_images(request: web.Request, levels: int) -> list[ImageReco
 @page
 async def home(request: web.Request) -> web.Response:
     levels = visitor(request).levels
-    # One after another: on SQLite, concurrent reads through write sessions would queue on its lock.
-    recent, _ = await image_cards(request, ImageQuery(limit=HOME_IMAGES, sort=ImageSort.NEWEST.value, levels=levels))
-    liked = await most_liked_images(request, levels)
-    newest, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.NEWEST, browsing_level=levels))
-    downloaded, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.MOST_DOWNLOADED,
+
+    async def sections() -> dict[str, Any]:
+        recent, _ = await image_cards(request, ImageQuery(limit=HOME_IMAGES, sort=ImageSort.NEWEST.value,
+                                                          levels=levels))
+        newest, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.NEWEST,
                                                           browsing_level=levels))
-    return render(request, "home.html", {"recent_images": recent, "liked_images": liked,
-                                         "newest_models": newest, "downloaded_models": downloaded})
+        downloaded, _ = await model_cards(request, ModelQuery(limit=HOME_MODELS, sort=ModelSort.MOST_DOWNLOADED,
+                                                              browsing_level=levels))
+        return {"recent_images": recent, "newest_models": newest, "downloaded_models": downloaded}
+
+    context = dict(await request.app[HOME].get(levels, sections))
+    context["liked_images"] = await most_liked_images(request, levels)
+    return render(request, "home.html", context)
 
 
 def _choice(request: web.Request, name: str, enum: Any, default: Any) -> Any:
@@ -202,9 +210,17 @@ async def model_page(request: web.Request) -> web.Response:
     node = request.app[NODE]
     current = visitor(request)
     model_id = int_param(request, "id")
-    model = await node.catalog.visible_model(current.user, model_id)
+    # One read for the model and every version (drafts too: whether the visitor may see them is
+    # decided here, as catalog.visible_model would, without another round trip to the database).
+    [record] = await load_models(node.db, [model_id], include_drafts=True, image_levels=current.levels) or [None]
+    model = record.model if record is not None else None
+    if model is None or model.status == ModelStatus.DELETED:
+        raise NotFound(f"no model {model_id}")
     editor = may_edit(request, model)
-    [record] = await load_models(node.db, [model_id], include_drafts=editor, image_levels=current.levels)
+    if model.status != ModelStatus.PUBLISHED and not editor:
+        raise NotFound(f"no model {model_id}")
+    if not editor:
+        record.versions = [v for v in record.versions if v.version.status == ModelStatus.PUBLISHED]
     hidden = not (model.nsfw_level & current.levels) and not editor
     if hidden:
         return render(request, "hidden.html", {"what": "model", "level": model.nsfw_level}, status=200)
@@ -222,7 +238,8 @@ async def model_page(request: web.Request) -> web.Response:
                                                                levels=current.levels))
         else:  # a draft, seen by its creator: its own example images
             gallery = await load_images(node.db, [i.id for i in chosen.images])
-        reviews = await node.catalog.reviews(current.user, chosen.version.id, limit=REVIEWS_SHOWN)
+        if chosen.version.rating_count:  # kept in step with the reviews: none means no query
+            reviews = await node.catalog.reviews(current.user, chosen.version.id, limit=REVIEWS_SHOWN)
     files = [] if model.mode in (ModelMode.ARCHIVED, ModelMode.TAKEN_DOWN) or chosen is None else chosen.files
     return render(request, "model.html", {
         "record": record, "model": model, "chosen": chosen, "files": files, "gallery": gallery,

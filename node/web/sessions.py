@@ -78,7 +78,7 @@ def require_signed_in(request: web.Request, role: Role = Role.MEMBER) -> Visitor
     with at least `role` (else Forbidden)."""
     current = request[VISITOR]
     if current.user is None:
-        raise Unauthenticated("sign in to see this page")
+        raise Unauthenticated("sign in first: this needs an account")
     if not Role(current.user.role).includes(role):
         raise Forbidden(f"this needs the {role.value} role; you are {current.user.role}")
     return current
