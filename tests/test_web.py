@@ -410,3 +410,21 @@ async def test_stale_while_revalidate_answers_old_values_while_one_task_refreshe
     await asyncio.sleep(0)
     assert await cache.get("k", compute) == 2
     await cache.close()
+
+
+async def test_anonymous_page_views_touch_no_session_row_until_a_level_is_saved(api: Api) -> None:
+    from sqlmodel import func, select
+
+    browser = Browser(api)
+    for _ in range(3):
+        await browser.get("/")
+    async with api.node.db.session() as session:
+        assert (await session.exec(select(func.count()).select_from(BrowserSession))).one() == 0
+    before = api.client.session.cookie_jar.filter_cookies(api.client.make_url("/"))[SESSION_COOKIE].value
+    await browser.post("/browsing-level", {"level": "PG-13"})
+    after = api.client.session.cookie_jar.filter_cookies(api.client.make_url("/"))[SESSION_COOKIE].value
+    assert before != after  # a stored session gets a secret of its own
+    async with api.node.db.session() as session:
+        [stored] = (await session.exec(select(BrowserSession))).all()
+    assert stored.secret_hash == hash_secret(after) and stored.browsing_level == 2 and stored.user_id is None
+    assert 'value="PG-13" selected' in await browser.get("/")

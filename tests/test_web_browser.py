@@ -94,6 +94,7 @@ async def test_a_creator_publishes_and_a_visitor_finds_reads_and_downloads(api: 
                                                       "mimeType": "application/octet-stream", "buffer": data}])
     await page.click("#upload-button")
     await page.wait_for_selector("#upload-status:has-text('Uploaded glass_cats.safetensors')")
+    assert await page.locator("#file-list li.empty").count() == 0
     assert await page.eval_on_selector("#upload-progress", "p => p.value") == 100
     await page.set_input_files("#image-file", files=[{"name": "cat.png", "mimeType": "image/png", "buffer": png}])
     await page.click("#image-button")
@@ -225,3 +226,34 @@ async def test_a_member_browsing_at_r_sees_r_images_blurred_until_revealed(api: 
     await page.screenshot(path=str(tmp_path / "blurred.png"), full_page=True)
     await card.locator("label.reveal").click()
     assert await card.locator("img").evaluate(blurred) == "none"
+
+
+async def test_an_upload_cut_off_halfway_resumes_and_stores_the_right_bytes(api: Api, page: Any,
+                                                                            tmp_path: Path) -> None:
+    await api.user("maker", Role.CREATOR, password=PASSWORD)
+    data = safetensors_bytes(seed=3, size=96)  # about 55 KB, sent in 16 KB pieces
+    await sign_in(page, api, "maker")
+    await page.goto(base(api) + "/publish")
+    await page.fill("#m-name", "Resumed")
+    await page.click("text=Create draft")
+    await page.wait_for_url(re.compile(r".*/publish/\d+$"))
+    await page.eval_on_selector("#upload-panel", "panel => panel.setAttribute('data-chunk-bytes', '16384')")
+    patches = []
+
+    async def cut_the_second_piece(route: Any) -> None:
+        if route.request.method == "PATCH":
+            patches.append(route.request.headers.get("upload-offset"))
+            if len(patches) == 2:
+                await route.abort("connectionreset")
+                return
+        await route.continue_()
+
+    await page.route("**/api/node/v1/uploads/*", cut_the_second_piece)
+    await page.set_input_files("#model-file", files=[{"name": "resumed.safetensors",
+                                                      "mimeType": "application/octet-stream", "buffer": data}])
+    await page.click("#upload-button")
+    await page.wait_for_selector("#upload-status:has-text('Uploaded resumed.safetensors')")
+    status = await page.inner_text("#upload-status")
+    assert hashlib.sha256(data).hexdigest().upper() in status
+    assert patches[1] == patches[2] == "16384"  # the cut piece was sent again from the node's offset
+    await page.screenshot(path=str(tmp_path / "resumed.png"), full_page=True)

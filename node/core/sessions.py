@@ -22,6 +22,8 @@ from node.core.tables import BrowserSession, User, UserPreference, utcnow
 from node.core.vocabulary import NsfwLevel
 
 SESSION_BYTES = 32
+# Secrets of visitors with nothing stored start with this, so their page views need no database lookup.
+UNSTORED_PREFIX = "a_"
 SESSION_LIFETIME = timedelta(days=30)
 # Writing last_seen_at on every page view would turn every read into a write.
 LAST_SEEN_RESOLUTION = timedelta(hours=1)
@@ -88,13 +90,20 @@ class BrowserSessions:
         self.db = db
 
     @staticmethod
-    def new_secret() -> str:
-        return secrets.token_urlsafe(SESSION_BYTES)
+    def new_secret(*, stored: bool = True) -> str:
+        """A new session secret; one for a visitor with nothing stored yet is marked as such."""
+        return ("" if stored else UNSTORED_PREFIX) + secrets.token_urlsafe(SESSION_BYTES)
+
+    @staticmethod
+    def anonymous(secret: str | None = None) -> Visitor:
+        """A visitor who is not signed in and has nothing stored (a new secret unless one is given)."""
+        return Visitor(secret=secret or BrowserSessions.new_secret(stored=False), session=None, user=None,
+                       browsing_level=NsfwLevel.PG)
 
     async def visitor(self, secret: str | None) -> Visitor | None:
         """The visitor a cookie's secret belongs to; None for an unknown or expired secret (an
         anonymous visitor with nothing saved looks the same: the caller keeps its secret)."""
-        if not secret or len(secret) > 128:
+        if not secret or len(secret) > 128 or secret.startswith(UNSTORED_PREFIX):
             return None
         async with self.db.read_session() as session:
             row = (await session.exec(
@@ -147,8 +156,11 @@ class BrowserSessions:
 
     async def set_browsing_level(self, visitor: Visitor, level: NsfwLevel) -> Visitor:
         """Save a browsing level: on the user for a signed-in visitor, else on the anonymous session
-        (created now if it did not exist)."""
+        (created now if it did not exist, with a new secret: the old one said nothing was stored)."""
         now = utcnow()
+        if visitor.secret.startswith(UNSTORED_PREFIX):
+            visitor = Visitor(secret=self.new_secret(), session=None, user=visitor.user,
+                              browsing_level=visitor.browsing_level)
         async with self.db.session() as session:
             if visitor.user is not None:
                 preference = await session.get(UserPreference, visitor.user.id)

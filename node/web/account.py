@@ -12,7 +12,7 @@ from node.api.accounts import client_address
 from node.api.bodies import int_param
 from node.api.keys import NODE
 from node.core.errors import InvalidInput, RateLimited, Unauthenticated
-from node.core.sessions import Visitor, parse_level
+from node.core.sessions import parse_level
 from node.core.tables import Role
 from node.core.vocabulary import ReactionKind, parse_enum
 from node.web.sessions import SESSIONS, VISITOR, form, page, read_form, redirect, require_signed_in, visitor
@@ -98,7 +98,7 @@ async def signout(request: web.Request) -> web.Response:
     current = visitor(request)
     sessions = request.app[SESSIONS]
     await sessions.sign_out(current)
-    request[VISITOR] = Visitor(secret=sessions.new_secret(), session=None, user=None, browsing_level=1)
+    request[VISITOR] = sessions.anonymous()
     return redirect("/")
 
 

@@ -23,7 +23,6 @@ from node.core import errors
 from node.core.errors import Forbidden, InvalidInput, Unauthenticated
 from node.core.sessions import SESSION_LIFETIME, BrowserSessions, Visitor
 from node.core.tables import Role
-from node.core.vocabulary import NsfwLevel
 
 log = logging.getLogger("atrium.web")
 
@@ -109,10 +108,10 @@ async def _visitor_from_cookie(request: web.Request) -> tuple[Visitor, bool]:
     if found is not None:
         return found, False
     if secret and 20 <= len(secret) <= 128:
-        # A secret we made that has nothing stored yet (an anonymous visitor): keep it, so the CSRF token
-        # of a page already open stays valid.
-        return Visitor(secret=secret, session=None, user=None, browsing_level=NsfwLevel.PG), False
-    return Visitor(secret=sessions.new_secret(), session=None, user=None, browsing_level=NsfwLevel.PG), True
+        # A secret with nothing (or nothing current) stored: keep it, so the CSRF token of a page already
+        # open stays valid.
+        return sessions.anonymous(secret), False
+    return sessions.anonymous(), True
 
 
 async def _csrf_ok(request: web.Request, current: Visitor) -> bool:

@@ -34,7 +34,9 @@
     function send(file, upload, offset, retries) {
       bar.value = file.size ? Math.floor(100 * offset / file.size) : 100;
       say("upload-status", "Uploading " + file.name + ": " + Math.floor(100 * offset / file.size) + "%");
-      var piece = file.slice(offset, offset + CHUNK);
+      // data-chunk-bytes lets tests send small pieces; people get CHUNK.
+      var size = parseInt(panel.getAttribute("data-chunk-bytes"), 10) || CHUNK;
+      var piece = file.slice(offset, offset + size);
       return api("PATCH", upload.url, piece, { "Upload-Offset": String(offset), "Content-Type": "application/octet-stream" })
         .then(function (r) {
           var next = parseInt(r.offset, 10);
@@ -43,6 +45,7 @@
         }, function (err) {
           if (retries <= 0 || (err.status && err.status < 500 && err.status !== 409)) throw err;
           // Ask the node where it got to, then carry on from there.
+          say("upload-status", "Connection lost at " + Math.floor(100 * offset / file.size) + "%; resuming…");
           return new Promise(function (ok) { setTimeout(ok, 1000); })
             .then(function () { return api("GET", upload.url); })
             .then(function (r) { return send(file, upload, parseInt(r.offset, 10), retries - 1); });
@@ -70,9 +73,12 @@
         localStorage.removeItem(key(file));
         bar.value = 100;
         say("upload-status", "Uploaded " + done.name + " (SHA256 " + done.hashes.SHA256 + ").");
+        var list = document.getElementById("file-list");
+        var empty = list.querySelector(".empty");
+        if (empty) list.removeChild(empty);
         var li = document.createElement("li");
         li.textContent = done.name;
-        document.getElementById("file-list").appendChild(li);
+        list.appendChild(li);
       }).catch(function (err) {
         say("upload-status", "Upload stopped: " + err.message + " — choose the same file and press Upload to resume.");
       }).then(function () { button.disabled = false; });
