@@ -6,11 +6,13 @@ cached catalog this reuses; the images are added to a copy).
 Visitors are anonymous (browsing level PG), as most of a node's traffic is. Each request is a fresh
 visitor without a cookie, the costlier case (a session secret is made for each).
 
-Target (issue 8): each page p99 < 50 ms at 20 concurrent clients. Not met yet (2 CPUs shared with other
-work, --duration 5 --runs 2): home 432 req/s, p99 111 ms (69-153 ms over the runs; bare 6,807 req/s, p99
-11 ms); model page 38 req/s, p99 2.2 s; search page 8 req/s, p99 3.1 s. A model page costs about 17 ms
-and a search page 60-130 ms of which find_models takes 60 (node/core/search.py, for a query at PG only),
-so 20 clients queue; the home page is served from a 10-second cache of its sections.
+Target (issue 8): each page p99 < 50 ms at 20 concurrent clients. Last run (2 CPUs shared with other
+work, --duration 5 --runs 2, medians): the home page 664 req/s, p99 46 ms (runs 36 and 55 ms; bare aiohttp
+11,067 req/s, p99 3.6 ms): met, from a 10-second cache of its sections. Model pages 45 req/s, p99 1.9 s
+(bare 9,963 req/s, p99 3.8 ms) and search pages 18 req/s, p99 1.6 s (bare 7,367 req/s, p99 9.2 ms): missed.
+A model page costs 20-35 ms of catalog reads (records, gallery, ORM round trips) and a search page
+60-130 ms, of which find_models takes about 60 for a text query at PG; with 20 clients on one process
+the queue makes the p99.
 
     python bench/web_pages.py [--models 100000] [--images 200000] [--duration 10] [--runs 2] [--connections 20]
 """
