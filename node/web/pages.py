@@ -27,7 +27,6 @@ routes = web.RouteTableDef()
 HOME_IMAGES = 12
 HOME_MODELS = 8
 LIST_MODELS = 24
-GALLERY_IMAGES = 24
 REVIEWS_SHOWN = 20
 # The home page's most-liked images are the month's most reacted (all time on a quiet node); ranking them
 # sorts every candidate image (a second on 200,000), so the answer is kept this long per browsing level,
@@ -189,6 +188,15 @@ async def models(request: web.Request) -> web.Response:
         "sorts": [s.value for s in ModelSort], "periods": [p.value for p in Period]})
 
 
+async def showcase(db: Any, record: ModelRecord, chosen: Any) -> list[ImageRecord]:
+    """A version's example images as load_models read them (the first IMAGES_PER_VERSION, at the
+    visitor's levels), named by who posted them: the creator, mostly, which needs no other read."""
+    others = [image.id for image in chosen.images if image.owner_id != record.model.owner_id]
+    names = {r.image.id: r.username for r in await load_images(db, others)} if others else {}
+    return [ImageRecord(image=image, username=names.get(image.id, record.creator.username),
+                        base_model=chosen.version.base_model) for image in chosen.images]
+
+
 def licence_lines(model: Any) -> list[tuple[bool, str]]:
     """The model's permissions as (allowed, sentence) lines."""
     uses = set(model.allow_commercial_use or [])
@@ -233,11 +241,7 @@ async def model_page(request: web.Request) -> web.Response:
     gallery: list[ImageRecord] = []
     reviews: list[Any] = []
     if chosen is not None and model.mode != ModelMode.TAKEN_DOWN:
-        if chosen.version.status == ModelStatus.PUBLISHED and model.status == ModelStatus.PUBLISHED:
-            gallery, _ = await image_cards(request, ImageQuery(limit=GALLERY_IMAGES, version_id=chosen.version.id,
-                                                               levels=current.levels))
-        else:  # a draft, seen by its creator: its own example images
-            gallery = await load_images(node.db, [i.id for i in chosen.images])
+        gallery = await showcase(node.db, record, chosen)
         if chosen.version.rating_count:  # kept in step with the reviews: none means no query
             reviews = await node.catalog.reviews(current.user, chosen.version.id, limit=REVIEWS_SHOWN)
     files = [] if model.mode in (ModelMode.ARCHIVED, ModelMode.TAKEN_DOWN) or chosen is None else chosen.files
