@@ -6,13 +6,19 @@ cached catalog this reuses; the images are added to a copy).
 Visitors are anonymous (browsing level PG), as most of a node's traffic is. Each request is a fresh
 visitor without a cookie, the costlier case (a session secret is made for each).
 
-Target (issue 8): each page p99 < 50 ms at 20 concurrent clients. Last run (2 CPUs shared with other
-work, --duration 5 --runs 2, medians): the home page 664 req/s, p99 46 ms (runs 36 and 55 ms; bare aiohttp
-11,067 req/s, p99 3.6 ms): met, from a 10-second cache of its sections. Model pages 45 req/s, p99 1.9 s
-(bare 9,963 req/s, p99 3.8 ms) and search pages 18 req/s, p99 1.6 s (bare 7,367 req/s, p99 9.2 ms): missed.
-A model page costs 20-35 ms of catalog reads (records, gallery, ORM round trips) and a search page
-60-130 ms, of which find_models takes about 60 for a text query at PG; with 20 clients on one process
-the queue makes the p99.
+Target (issue 8): each page p99 < 50 ms at 20 concurrent clients. Met for the home page only, and only
+on a quiet machine. Two runs on 2 CPUs shared with other work (--duration 5 --runs 2, medians; the bare
+server's figures show how busy the machine was):
+
+    page     run A: atrium           bare              run B: atrium           bare
+    home     664 req/s, p99  46 ms   11,067 / 3.6 ms   326 req/s, p99  87 ms   5,831 / 7.4 ms
+    model     45 req/s, p99 1.9 s     9,963 / 3.8 ms    75 req/s, p99 556 ms   5,936 / 7.4 ms
+    search    18 req/s, p99 1.6 s     7,367 / 9.2 ms     8 req/s, p99 3.1 s    5,216 / 9.3 ms
+
+(run B is after the model page stopped listing its gallery separately.) The home page is served from a
+10-second cache of its sections. A model page costs about 20 ms of catalog reads and rendering, a search
+page 60-130 ms, of which find_models takes about 60 for a text query at PG; with 20 clients on one
+process the queue makes the p99.
 
     python bench/web_pages.py [--models 100000] [--images 200000] [--duration 10] [--runs 2] [--connections 20]
 """
