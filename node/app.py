@@ -21,6 +21,7 @@ from node.core.config import Config
 from node.core.errors import PluginLoadError
 from node.core.plugins import PluginHost
 from node.core.runtime import open_node, plugin_host_for
+from node.web import add_web
 
 
 @web.middleware
@@ -96,6 +97,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(swarm.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
+    add_web(app)
     for name in plugins.loaded:
         add_plugin_routes(app, plugins, name)
     missing = unguarded_routes(app)

@@ -41,6 +41,8 @@ async def authorize(request: web.Request, role: Role = Role.MEMBER) -> User:
 
 async def optional_user(request: web.Request) -> User | None:
     """The calling user if credentials were sent (and are valid), else None."""
+    if request.get(USER) is not None:  # already known (a token checked earlier, or a browser session)
+        return request[USER]
     if "Authorization" not in request.headers and "token" not in request.query:
         return None
     return await authorize(request, Role.MEMBER)

@@ -523,11 +523,13 @@ async def find_images(db: Database, q: ImageQuery) -> ModelPage:
     from node.core.tables import Image
 
     q.check()
-    published_versions = select(ModelVersion.id).join(Model, col(Model.id) == col(ModelVersion.model_id)).where(
+    # EXISTS, probed per image, rather than IN (every published version): SQLite then walks images in
+    # the sort's order and stops at a page, instead of reading every image of every version first.
+    published_version = sa.exists().where(
+        col(ModelVersion.id) == col(Image.version_id), col(Model.id) == col(ModelVersion.model_id),
         ModelVersion.status == "Published", Model.status == "Published", sa.or_(
             col(Model.mode).is_(None), Model.mode != "TakenDown"))
-    stmt = sa.select(col(Image.id)).where(col(Image.version_id).in_(published_versions),
-                                  col(Image.nsfw_level).op("&")(q.levels) != 0)
+    stmt = sa.select(col(Image.id)).where(published_version, col(Image.nsfw_level).op("&")(q.levels) != 0)
     if q.version_id is not None:
         stmt = stmt.where(Image.version_id == q.version_id)
     if q.model_id is not None:
@@ -548,7 +550,7 @@ async def find_images(db: Database, q: ImageQuery) -> ModelPage:
     stmt = stmt.add_columns(key).order_by(*order).limit(q.limit + 1)
     if q.page is not None:
         stmt = stmt.offset((q.page - 1) * q.limit)
-    async with db.session() as session:
+    async with db.read_session() as session:
         rows = (await session.exec(stmt)).all()
     more = len(rows) > q.limit
     rows = rows[: q.limit]

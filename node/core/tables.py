@@ -428,3 +428,31 @@ class Follower(SQLModel, table=True):
     last_push_at: datetime | None = timestamp(nullable=True)
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = timestamp()
+
+
+# -- browser sessions ------------------------------------------------------------------------------
+
+
+class BrowserSession(SQLModel, table=True):
+    """A signed-in or anonymous browser session of the web pages (node/web). Only the SHA-256 of the
+    cookie's secret is stored, like API tokens; the CSRF token is derived from the secret itself."""
+
+    __tablename__ = "browser_sessions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    secret_hash: str = Field(max_length=64, unique=True)
+    user_id: int | None = Field(default=None, foreign_key="users.id", ondelete="CASCADE", index=True)
+    # The highest content level shown (a single NsfwLevel flag); anonymous sessions keep it here.
+    browsing_level: int = Field(default=1)
+    created_at: datetime = timestamp()
+    last_seen_at: datetime = timestamp()
+    expires_at: datetime = timestamp(index=True)
+
+
+class UserPreference(SQLModel, table=True):
+    """What a signed-in user chose on the web pages, kept across sessions and devices."""
+
+    __tablename__ = "user_preferences"
+
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
+    browsing_level: int = Field(default=1)
