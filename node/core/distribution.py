@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -66,20 +67,21 @@ class Distribution:
         self._spawn(self._quietly(self.prepare(version_id), f"version {version_id}"))
 
     async def catch_up(self) -> int:
-        """Prepare every published version whose manifest is missing or stale (at start, and for
-        versions published by another process). Returns how many were (re)signed."""
+        """Prepare every published version that has no manifest signed by this node's key (at start,
+        and for versions published by another process) in one query, whatever the catalog's size.
+        Manifests made stale by a new file are redone when the file arrives and when one is asked for.
+        Returns how many were signed."""
         async with self.db.read_session() as session:
             ids = (await session.exec(
                 select(ModelVersion.id).join(Model, col(Model.id) == ModelVersion.model_id)
+                .outerjoin(VersionManifest, col(VersionManifest.version_id) == ModelVersion.id)
                 .where(ModelVersion.status == ModelStatus.PUBLISHED.value,
-                       Model.status == ModelStatus.PUBLISHED.value)
+                       Model.status == ModelStatus.PUBLISHED.value,
+                       or_(col(VersionManifest.version_id).is_(None), VersionManifest.key_id != self.identity.node_id))
                 .order_by(col(ModelVersion.id)))).all()
-            signed = {row.version_id: row.key_id for row in (await session.exec(select(VersionManifest))).all()}
         done = 0
         for version_id in ids:
-            if signed.get(version_id) == self.identity.node_id and not await self._stale(version_id):
-                continue
-            if await self._quietly(self.prepare(version_id), f"version {version_id}"):
+            if await self._quietly(self.prepare(version_id), f"version {version_id}"):  # type: ignore[arg-type]
                 done += 1
         return done
 
@@ -109,12 +111,6 @@ class Distribution:
             log.exception("could not make the torrents and manifest of %s", what)
             return False
         return True
-
-    async def _stale(self, version_id: int) -> bool:
-        async with self.db.read_session() as session:
-            stored = await session.get(VersionManifest, version_id)
-            files = list((await session.exec(select(ModelFile).where(ModelFile.version_id == version_id))).all())
-        return stored is None or stored.files_digest != files_digest(files)
 
     def _lock(self, version_id: int) -> asyncio.Lock:
         return self._locks.setdefault(version_id, asyncio.Lock())

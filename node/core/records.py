@@ -391,7 +391,7 @@ async def image_resources(db: Database, image_ids: Sequence[int]) -> dict[int, l
     result: dict[int, list[ImageResource]] = defaultdict(list)
     if not image_ids:
         return result
-    async with db.session() as session:
+    async with db.read_session() as session:
         for row in (await session.exec(select(ImageResource).where(col(ImageResource.image_id).in_(image_ids))
                                        .order_by(col(ImageResource.id)))).all():
             result[row.image_id].append(row)
@@ -409,7 +409,7 @@ async def load_images(db: Database, ids: Sequence[int]) -> list[ImageRecord]:
     """Image records (with their owner's name and the version's base model), in the order given."""
     if not ids:
         return []
-    async with db.session() as session:
+    async with db.read_session() as session:
         images = {i.id: i for i in (await session.exec(select(Image).where(col(Image.id).in_(ids)))).all()}
         owners = {u.id: u.username for u in (await session.exec(
             select(User).where(col(User.id).in_({i.owner_id for i in images.values()})))).all()}
