@@ -139,7 +139,9 @@ def test_bad_targets_and_options_get_a_clear_message_and_an_exit_code(
         ([f"{cluster.alpha.url}/about", *node], 1, "not a URL of a model"),
         ([cluster.air, *node, "--peer", "nowhere"], 2, "HOST:PORT"),
         ([cluster.air, *node, "--max-rate", "fast"], 2, "--max-rate"),
-        ([cluster.air, "--listen", "127.0.0.1:0"], 2, "does not name a node"),
+        # No --node, no ATRIUM_NODE and no node in --data (an empty folder: the test must not see an
+        # ./atrium-data that the README's quick start may have made in the working directory).
+        ([cluster.air, "--listen", "127.0.0.1:0", "--data", str(tmp_path / "no-node")], 2, "does not name a node"),
     ]
     for args, code, words in cases:
         assert main(["pull", *args]) == code, args
