@@ -269,3 +269,24 @@ async def test_file_objects_carry_the_torrent_magnet_and_manifest_links(api: Api
     # The Civitai listing carries them too (its cache was dropped when the torrent was stored).
     page = await (await api.call("GET", "/api/v1/models")).json()
     assert page["items"][0]["modelVersions"][0]["files"][0]["magnet"] == listed["magnet"]
+
+
+async def test_catch_up_skips_versions_whose_files_are_missing(api: Api, creator: Creator,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    from sqlmodel import select
+
+    from node.core.tables import FileTorrent, VersionManifest
+
+    _m1, kept, _f1 = await creator.published(safetensors_bytes(seed=17), name="Kept")
+    _m2, lost, lost_file = await creator.published(safetensors_bytes(seed=18), name="Lost")
+    await manifest_of(api, kept["id"])
+    await manifest_of(api, lost["id"])
+    await api.node.distribution.close()
+    async with api.node.db.session() as session:
+        for table in (VersionManifest, FileTorrent):
+            for row in (await session.exec(select(table))).all():
+                await session.delete(row)
+        await session.commit()
+    api.node.blobs.path_for(lost_file["hashes"]["SHA256"].lower()).unlink()
+    assert await api.node.distribution.catch_up() == 1
+    assert "1 published versions have files missing from the blob store" in caplog.text

@@ -71,16 +71,26 @@ class Distribution:
         and for versions published by another process) in one query, whatever the catalog's size.
         Manifests made stale by a new file are redone when the file arrives and when one is asked for.
         Returns how many were signed."""
+        lacking = (select(ModelVersion.id).join(Model, col(Model.id) == ModelVersion.model_id)
+                   .outerjoin(VersionManifest, col(VersionManifest.version_id) == ModelVersion.id)
+                   .where(ModelVersion.status == ModelStatus.PUBLISHED.value,
+                          Model.status == ModelStatus.PUBLISHED.value,
+                          or_(col(VersionManifest.version_id).is_(None),
+                              VersionManifest.key_id != self.identity.node_id)))
         async with self.db.read_session() as session:
-            ids = (await session.exec(
-                select(ModelVersion.id).join(Model, col(Model.id) == ModelVersion.model_id)
-                .outerjoin(VersionManifest, col(VersionManifest.version_id) == ModelVersion.id)
-                .where(ModelVersion.status == ModelStatus.PUBLISHED.value,
-                       Model.status == ModelStatus.PUBLISHED.value,
-                       or_(col(VersionManifest.version_id).is_(None), VersionManifest.key_id != self.identity.node_id))
-                .order_by(col(ModelVersion.id)))).all()
+            ids = (await session.exec(lacking.order_by(col(ModelVersion.id)))).all()
+            files = (await session.exec(select(ModelFile.version_id, ModelFile.sha256).where(
+                col(ModelFile.version_id).in_(lacking.scalar_subquery())))).all() if ids else []
+        # Versions whose bytes are not all in the store cannot be shared: say so once, not per version.
+        missing = await asyncio.to_thread(lambda: {v for v, sha in files if not self.blobs.exists(sha)})
+        if missing:
+            log.warning("%d published versions have files missing from the blob store; they get no torrent or "
+                        "manifest until their files are uploaded again (first: %s)", len(missing),
+                        ", ".join(str(v) for v in sorted(missing)[:10]))
         done = 0
         for version_id in ids:
+            if version_id in missing:
+                continue
             if await self._quietly(self.prepare(version_id), f"version {version_id}"):  # type: ignore[arg-type]
                 done += 1
         return done
