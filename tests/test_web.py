@@ -350,6 +350,26 @@ async def test_admin_pages_need_the_admin_role_and_change_roles(api: Api, creato
     assert "unknown role" in await response.text()
 
 
+async def test_the_admin_page_follows_nodes_and_manages_followers(api: Api) -> None:
+    await api.node.accounts.create_user("boss", role=Role.ADMIN, password=PASSWORD)
+    boss = Browser(api)
+    await boss.sign_in("boss")
+    page = await boss.get("/admin")
+    assert "This node follows no other node yet." in page and "No node follows this one yet." in page
+    await boss.post("/admin/peers", {"url": "http://127.0.0.1:9/"})
+    (status,) = await api.node.federation.peers.statuses()
+    assert status.url == "http://127.0.0.1:9" and "http://127.0.0.1:9" in await boss.get("/admin")
+    response = await boss.post("/admin/peers", {"url": "ftp://nowhere"}, expect=400)
+    assert "not a node URL" in await response.text()
+    await boss.post(f"/admin/peers/{status.id}/unfollow", {})
+    assert await api.node.federation.peers.statuses() == []
+    follower = await api.node.federation.followers.register("z6MkFollower", "http://127.0.0.1:10", "z6MkFollower")
+    assert "http://127.0.0.1:10" in await boss.get("/admin")
+    await boss.post(f"/admin/followers/{follower.id}", {"state": "blocked"})
+    assert (await api.node.federation.followers.list())[0].state == "blocked"
+    await boss.post(f"/admin/followers/{follower.id}", {"state": "friend"}, expect=400)
+
+
 async def test_static_assets_are_fingerprinted_and_cached_for_a_year(api: Api) -> None:
     page = await Browser(api).get("/")
     urls = ASSET_RE.findall(page)

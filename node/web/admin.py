@@ -1,9 +1,11 @@
-"""Admin pages: the plugins this node runs, and its users with their roles."""
+"""Admin pages: the plugins this node runs, its users with their roles, and federation: the nodes it
+follows and the nodes that follow it."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from node.api.bodies import int_param
 from node.api.keys import NODE
 from node.core.accounts import parse_role
 from node.core.tables import Role
@@ -22,7 +24,10 @@ async def admin_page(request: web.Request) -> web.Response:
     users = await node.accounts.list_users()
     return render(request, "admin.html", {"users": users, "plugins": node.plugins.loaded,
                                           "enabled": node.config.plugins.enabled,
-                                          "roles": [r.value for r in Role]})
+                                          "roles": [r.value for r in Role],
+                                          "peers": await node.federation.peers.statuses(),
+                                          "followers": await node.federation.followers.list(),
+                                          "follow_policy": node.config.federation.followers})
 
 
 @routes.post("/admin/users")
@@ -44,4 +49,28 @@ async def update_user(request: web.Request) -> web.Response:
     await request.app[NODE].accounts.update_user(request.match_info["username"][:64],
                                                  role=parse_role(field(fields, "role", maximum=16)),
                                                  disabled=disabled)
+    return redirect("/admin")
+
+
+@routes.post("/admin/peers")
+@form(Role.ADMIN)
+async def follow_peer(request: web.Request) -> web.Response:
+    fields = await form_data(request)
+    await request.app[NODE].federation.peers.follow(field(fields, "url", maximum=512))
+    return redirect("/admin")
+
+
+@routes.post("/admin/peers/{id}/unfollow")
+@form(Role.ADMIN)
+async def unfollow_peer(request: web.Request) -> web.Response:
+    await request.app[NODE].federation.peers.unfollow(int_param(request, "id"))
+    return redirect("/admin")
+
+
+@routes.post("/admin/followers/{id}")
+@form(Role.ADMIN)
+async def set_follower_state(request: web.Request) -> web.Response:
+    fields = await form_data(request)
+    await request.app[NODE].federation.followers.set_state(int_param(request, "id"),
+                                                           field(fields, "state", maximum=16))
     return redirect("/admin")
