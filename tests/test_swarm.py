@@ -171,9 +171,17 @@ async def test_resume_data_lets_a_restarted_node_seed_without_a_recheck(tmp_path
     again = Swarm(TEST_SECTION, blobs, tmp_path / "swarm")
     await again.start()
     try:
-        status = again.find(meta.info_hash_v2).handle.status()  # type: ignore[union-attr]
-        # Seed mode: no piece was hashed at start; libtorrent checks each the first time a peer asks.
-        assert status.is_seeding and status.state != lt.torrent_status.checking_files
+        handle = again.find(meta.info_hash_v2).handle  # type: ignore[union-attr]
+        # Reading the resume data takes libtorrent a moment after the torrent is added; meanwhile (and
+        # after) no piece is hashed: seed mode, each piece is checked the first time a peer asks for it.
+        deadline = time.monotonic() + 10
+        while True:
+            status = handle.status()
+            assert status.state != lt.torrent_status.checking_files
+            if status.is_seeding or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        assert status.is_seeding
         assert again.stats(meta.info_hash_v2)["state"] == "seeding"  # type: ignore[index]
     finally:
         await again.close()
