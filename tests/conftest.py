@@ -37,6 +37,21 @@ TEST_SWARM = {"host": "127.0.0.1", "port": 0, "dht": False, "lsd": False, "upnp"
 TEST_SWARM_ENV = {f"ATRIUM_SWARM_{k.upper()}": str(v).lower() for k, v in TEST_SWARM.items()}
 
 
+def require_debian_tool(path: str, package: str) -> str:
+    """The path of a tool a test drives (chromium, aria2c). Missing on a developer's machine: the test
+    is skipped with the install command. Missing on CI (`CI` set; .ci/run installs them): the test
+    fails, so CI never passes without having run it."""
+    import shutil
+
+    found = shutil.which(path)
+    if found is None:
+        message = f"{path} is not installed: apt-get install -y {package}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must run this test)", pytrace=False)
+        pytest.skip(message)
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 import signal
 import subprocess
 import time
@@ -24,7 +23,7 @@ from node.core.torrents import TorrentMeta, make_torrent
 from tests.catalog_fixtures import safetensors_bytes
 from node.app import create_app
 from node.core.plugins import PluginHost
-from tests.conftest import TEST_SWARM, Api, free_port, make_config, wait_for, write_node
+from tests.conftest import TEST_SWARM, Api, free_port, make_config, require_debian_tool, wait_for, write_node
 from tests.swarm_fixtures import MIB, Cluster, log_of, model_bytes, pull_process, wait_until
 from tests.test_catalog import Creator
 
@@ -301,14 +300,13 @@ def test_a_download_finishes_from_the_others_when_a_seeder_is_killed_mid_way(clu
     assert cluster.gamma.swarm_of(cluster.info_hash)["state"] == "seeding"
 
 
-@pytest.mark.skipif(shutil.which("aria2c") is None,
-                    reason="aria2c (Debian package aria2) is not installed: `apt-get install -y aria2`")
 def test_a_standard_client_downloads_a_published_file_given_only_its_torrent(cluster: Cluster, tmp_path: Path) -> None:
+    aria2c = require_debian_tool("aria2c", "aria2")
     torrent = tmp_path / "catstyle.safetensors.torrent"
     torrent.write_bytes(cluster.alpha.raw(f"/api/node/v1/files/{cluster.file['id']}/torrent"))
     port = free_port()
     result = subprocess.run(
-        ["aria2c", "--dir", str(tmp_path / "out"), "--seed-time=0", "--enable-dht=false", "--enable-dht6=false",
+        [aria2c, "--dir", str(tmp_path / "out"), "--seed-time=0", "--enable-dht=false", "--enable-dht6=false",
          "--bt-enable-lpd=false", "--enable-peer-exchange=false", "--disable-ipv6=true", "--interface=127.0.0.1",
          f"--listen-port={port}", "--no-conf", "--console-log-level=warn", "--summary-interval=0",
          "--bt-stop-timeout=60", str(torrent)],

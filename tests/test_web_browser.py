@@ -17,7 +17,7 @@ import pytest
 
 from node.core.tables import Role
 from tests.catalog_fixtures import A1111_PARAMETERS, png_with_parameters, safetensors_bytes
-from tests.conftest import Api
+from tests.conftest import Api, require_debian_tool
 from tests.test_catalog import Creator
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -26,7 +26,11 @@ PASSWORD = "correct horse battery"
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
 TIMEOUT_MS = 15_000
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium")
+
+
+@pytest.fixture(autouse=True)
+def chromium_installed() -> None:
+    require_debian_tool(str(CHROMIUM), "chromium")
 
 
 @pytest.fixture
