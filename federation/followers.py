@@ -19,7 +19,7 @@ import aiohttp
 from sqlmodel import col, select
 
 from federation.httpsig import sign_request
-from federation.peers import normalize_peer_url
+from federation.peers import is_blocked, normalize_peer_url
 from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
@@ -31,19 +31,6 @@ log = logging.getLogger(__name__)
 
 FOLLOWER_STATES = ("approved", "pending", "blocked")
 PUSH_TIMEOUT = 10.0
-
-
-def is_blocked(settings: FederationSection, node_id: str | None = None, url: str | None = None) -> bool:
-    """True when the node id or the URL's domain (or a parent domain) is on `federation.blocked`."""
-    blocked = {b.strip().lower() for b in settings.blocked if b.strip()}
-    if node_id is not None and node_id.lower() in blocked:
-        return True
-    host = (urlsplit(url).hostname or "").lower() if url else ""
-    while host:
-        if host in blocked:
-            return True
-        host = host.partition(".")[2]
-    return False
 
 
 class Followers:
@@ -162,4 +149,4 @@ class Followers:
             self._http = None
 
 
-__all__ = ["FOLLOWER_STATES", "Followers", "is_blocked"]
+__all__ = ["FOLLOWER_STATES", "Followers"]

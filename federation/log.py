@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -32,6 +31,7 @@ from node.core.catalog import version_air
 from node.core.db import Database
 from node.core.errors import InvalidInput
 from node.core.identity import NodeIdentity
+from node.core.manifests import canonical_json
 from node.core.tables import (LogEntry, LogHead, Model, ModelFile, ModelTag, ModelVersion, Tag, User,
                               utcnow)
 from node.core.vocabulary import ModelStatus
@@ -41,8 +41,8 @@ MAX_PAGE = 1000
 CROSS_PROCESS_POLL = 0.5  # seconds between head checks while a long-poll waits
 
 
-def canonical(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+# The same canonical JSON as manifests: sorted keys, no spaces, UTF-8.
+canonical = canonical_json
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,19 @@ def normalize_peer_url(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+def is_blocked(settings: FederationSection, node_id: str | None = None, url: str | None = None) -> bool:
+    """True when the node id or the URL's domain (or a parent domain) is on `federation.blocked`."""
+    blocked = {b.strip().lower() for b in settings.blocked if b.strip()}
+    if node_id is not None and node_id.lower() in blocked:
+        return True
+    host = (urlsplit(url).hostname or "").lower() if url else ""
+    while host:
+        if host in blocked:
+            return True
+        host = host.partition(".")[2]
+    return False
+
+
 @dataclass(frozen=True)
 class PeerStatus:
     """A followed node as `atrium peers` and the admin API show it."""
@@ -66,8 +79,6 @@ class Peers:
     async def follow(self, url: str) -> Peer:
         url = normalize_peer_url(url)
         if self.settings is not None:
-            from federation.followers import is_blocked
-
             if is_blocked(self.settings, url=url):
                 raise Forbidden(f"{url} is on federation.blocked")
         async with self.db.session() as session:
@@ -125,4 +136,4 @@ class Peers:
                 for p in peers]
 
 
-__all__ = ["PEER_STATES", "PeerStatus", "Peers", "normalize_peer_url"]
+__all__ = ["PEER_STATES", "PeerStatus", "Peers", "is_blocked", "normalize_peer_url"]

@@ -34,10 +34,9 @@ import yarl
 from sqlmodel import col, select
 
 from federation import merkle
-from federation.followers import is_blocked
 from federation.httpsig import sign_request
 from federation.log import FederationLog, SignedEntry
-from federation.peers import Peers, normalize_peer_url
+from federation.peers import Peers, is_blocked, normalize_peer_url
 from federation.verify import Cursor, LogRejected, check_batch, parse_entry
 from node import __version__
 from node.core.config import FederationSection

@@ -8,7 +8,7 @@ import pytest
 from aiohttp import web
 from sqlmodel import select
 
-from node.api.auth import public, requires, unguarded_routes
+from node.api.auth import unguarded_routes
 from node.app import create_app
 from node.core.config import Config
 from node.core.errors import PluginLoadError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sys
-import textwrap
 from importlib.metadata import EntryPoint
 from pathlib import Path
 

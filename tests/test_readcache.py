@@ -14,7 +14,6 @@ import pytest
 from node.core.db import Database
 from node.core.readcache import ENTRY_OVERHEAD_BYTES, ReadCache, read_cache
 from node.core.tables import Role
-from tests.catalog_fixtures import safetensors_bytes
 from tests.conftest import Api
 from tests.test_catalog import Creator
 

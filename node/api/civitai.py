@@ -26,7 +26,7 @@ from node.core.records import FileRecord, ModelRecord, VersionRecord, load_image
 from node.core.search import (SAFE_LEVELS, VISIBLE_LEVELS, ImageQuery, ModelQuery, creators_with_models,
                               find_images, find_models, tags_with_models)
 from node.core.tables import Image, Model, ModelVersion
-from node.api.swarm import ANNOUNCE_PATH
+from node.api.links import base_url, tracker_urls
 from node.core.torrents import magnet_link
 from node.core.vocabulary import (BASE_MODELS, NSFW_LEVELS, CommercialUse, FileFormat, FileType, ImageSort,
                                   ModelMode, ModelSort, ModelStatus, ModelType, NsfwLevel, Period, ReactionKind,
@@ -40,12 +40,6 @@ MIB = 1024 * 1024
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def base_url(request: web.Request) -> str:
-    """Where clients reach this node: the configured public URL, else the address they used."""
-    configured = request.app[NODE].config.node.public_url
-    return configured.rstrip("/") if configured else str(request.url.origin())
 
 
 def air_of(request: web.Request, version: ModelVersion, model: Model) -> str:
@@ -75,14 +69,9 @@ def file_json(request: web.Request, record: FileRecord, version: ModelVersion) -
         **({} if record.torrent is None else {
             "torrentUrl": f"{base}/api/node/v1/files/{f.id}/torrent",
             "magnet": magnet_link(f.name, f.size, *record.torrent, [f"{base}/api/node/v1/files/{f.id}/content"],
-                                  _trackers(request, base)),
+                                  tracker_urls(request)),
         }),
     }
-
-
-def _trackers(request: web.Request, base: str) -> list[str]:
-    node = request.app[NODE]
-    return [f"{base}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
 
 
 def image_json(request: web.Request, image: Image, *, full: bool = False, username: str | None = None,

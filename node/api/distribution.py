@@ -6,11 +6,10 @@ from aiohttp import web
 
 from node.api.auth import optional_user
 from node.api.bodies import int_param
-from node.api.civitai import base_url
-from node.api.files import content_disposition
+from node.api.files import GONE_MESSAGE, content_disposition, visible_file
 from node.api.keys import NODE
-from node.api.swarm import ANNOUNCE_PATH
-from node.core.errors import Forbidden, NotFound
+from node.api.links import base_url, tracker_urls
+from node.core.errors import Forbidden
 from node.core.vocabulary import ModelMode
 from node.core.torrents import TorrentMeta
 
@@ -36,22 +35,15 @@ async def version_manifest(request: web.Request) -> web.Response:
 
 
 async def _file_torrent(request: web.Request) -> tuple[int, int, TorrentMeta]:
-    node = request.app[NODE]
-    file_id = int_param(request, "id")
-    version_id = await node.distribution.version_of_file(file_id)
-    if version_id is None:
-        raise NotFound(f"no file {file_id}")
-    await node.catalog.visible_version(await optional_user(request), version_id)
-    return version_id, file_id, await node.distribution.torrent(file_id)
+    file_id, version_id, _model = await visible_file(request)
+    return version_id, file_id, await request.app[NODE].distribution.torrent(file_id)
 
 
 @routes.get("/api/node/v1/files/{id}/torrent")
 async def file_torrent(request: web.Request) -> web.Response:
     """The file's `.torrent` (hybrid v1 + v2) with this node's download URL as web seed."""
     version_id, file_id, meta = await _file_torrent(request)
-    node = request.app[NODE]
-    trackers = [f"{base_url(request)}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
-    body = meta.with_web_seeds([web_seed_url(request, version_id, file_id)], trackers)
+    body = meta.with_web_seeds([web_seed_url(request, version_id, file_id)], tracker_urls(request))
     return web.Response(body=body, content_type="application/x-bittorrent",
                         headers={"Content-Disposition": content_disposition(f"{meta.name}.torrent"),
                                  "Cache-Control": "public, max-age=300"})
@@ -63,15 +55,11 @@ async def file_content(request: web.Request) -> web.StreamResponse:
     /api/download/models/{versionId}, it does not count downloads: a web seed is asked for pieces,
     often by many clients at once, and a piece is not a download."""
     node = request.app[NODE]
-    file_id = int_param(request, "id")
-    version_id = await node.distribution.version_of_file(file_id)
-    if version_id is None:
-        raise NotFound(f"no file {file_id}")
-    _version, model = await node.catalog.visible_version(await optional_user(request), version_id)
+    file_id, _version_id, model = await visible_file(request)
     if model.mode == ModelMode.TAKEN_DOWN:
         raise Forbidden("this model was taken down by the node's moderators")
     if model.mode == ModelMode.ARCHIVED:
-        raise web.HTTPGone(text="this model is archived: its files are no longer available for download")
+        raise web.HTTPGone(text=GONE_MESSAGE)
     shared = await node.distribution.shared_file(file_id)
     return web.FileResponse(node.blobs.open_path(shared.sha256), headers={
         "Content-Type": "application/octet-stream",
@@ -84,9 +72,8 @@ async def file_content(request: web.Request) -> web.StreamResponse:
 async def file_magnet(request: web.Request) -> web.Response:
     """The file's magnet link and BitTorrent identifiers."""
     version_id, file_id, meta = await _file_torrent(request)
-    node = request.app[NODE]
-    trackers = [f"{base_url(request)}{ANNOUNCE_PATH}"] if node.swarm.running and node.config.swarm.tracker else []
     return web.json_response({"fileId": file_id,
-                              "magnet": meta.magnet([web_seed_url(request, version_id, file_id)], trackers),
+                              "magnet": meta.magnet([web_seed_url(request, version_id, file_id)],
+                                                    tracker_urls(request)),
                               "infoHashV1": meta.info_hash_v1, "infoHashV2": meta.info_hash_v2,
                               "fileRoot": meta.file_root, "pieceSize": meta.piece_size})

@@ -18,7 +18,7 @@ from node.core.air import Air
 from node.core.errors import Forbidden, InvalidInput, NotFound, TooLarge, Unauthenticated
 from node.core.ingest import check_filename
 from node.core.records import FileRecord, load_versions
-from node.core.tables import Image, Role
+from node.core.tables import Image, Model, Role
 from node.core.vocabulary import ModelMode, ModelStatus, NsfwLevel
 
 routes = web.RouteTableDef()
@@ -191,6 +191,17 @@ def choose_file(files: list[FileRecord], request: web.Request) -> FileRecord:
 def content_disposition(name: str) -> str:
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "'").replace("?", "_")
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+async def visible_file(request: web.Request) -> tuple[int, int, Model]:
+    """(file id, version id, model) of the `{id}` file, when the caller may see its version."""
+    node = request.app[NODE]
+    file_id = int_param(request, "id")
+    version_id = await node.distribution.version_of_file(file_id)
+    if version_id is None:
+        raise NotFound(f"no file {file_id}")
+    _version, model = await node.catalog.visible_version(await optional_user(request), version_id)
+    return file_id, version_id, model
 
 
 @routes.get("/api/download/models/{id}")

@@ -12,9 +12,10 @@ import libtorrent as lt
 from aiohttp import web
 
 from node.api.accounts import client_address
-from node.api.auth import optional_user, requires
-from node.api.bodies import int_param
+from node.api.auth import requires
+from node.api.files import visible_file
 from node.api.keys import NODE
+from node.api.links import ANNOUNCE_PATH
 from node.client import NodeClient, NodeError, NodeUnreachable
 from node.core.errors import Conflict, InvalidInput, NotFound
 from node.core.swarm import ANNOUNCE_INTERVAL, ANNOUNCE_NUMWANT, SwarmError, parse_peer
@@ -25,7 +26,6 @@ routes = web.RouteTableDef()
 
 # At the root, as trackers usually are: libtorrent announces to a tracker on the local host only when
 # its path is /announce (SSRF mitigation), and a user's own node is often on the local host.
-ANNOUNCE_PATH = "/announce"
 MAX_FETCH_PEERS = 50
 
 
@@ -33,11 +33,7 @@ MAX_FETCH_PEERS = 50
 async def file_swarm(request: web.Request) -> web.Response:
     """Who shares this file with this node: peers, seeds, bytes sent and rates."""
     node = request.app[NODE]
-    file_id = int_param(request, "id")
-    version_id = await node.distribution.version_of_file(file_id)
-    if version_id is None:
-        raise NotFound(f"no file {file_id}")
-    await node.catalog.visible_version(await optional_user(request), version_id)
+    file_id, _version_id, _model = await visible_file(request)
     meta = await node.distribution.torrent(file_id)
     stats = node.swarm.stats(meta.info_hash_v2)
     endpoint = node.swarm.peer_endpoint(request.url.host or "127.0.0.1")

@@ -146,26 +146,28 @@ async def revoke_token(request: web.Request) -> web.Response:
     return redirect("/account")
 
 
-@routes.post("/models/{id}/react")
-@form(Role.MEMBER)
-async def react_model(request: web.Request) -> web.Response:
+async def _react(request: web.Request, kind: str) -> web.Response:
+    """A reaction to a model or an image (`kind`), set or taken back, then back to the page."""
     fields = await form_data(request)
     reaction = parse_enum(ReactionKind, field(fields, "reaction", maximum=16), "reaction")
     on = fields.get("on", "1") != "0"
-    model_id = int_param(request, "id")
-    await request.app[NODE].catalog.react_to_model(visitor(request).user, model_id, reaction.value, on)
-    return redirect(back(request, f"/models/{model_id}"))
+    target_id = int_param(request, "id")
+    catalog = request.app[NODE].catalog
+    toggle = catalog.react_to_model if kind == "models" else catalog.react_to_image
+    await toggle(visitor(request).user, target_id, reaction.value, on)
+    return redirect(back(request, f"/{kind}/{target_id}"))
+
+
+@routes.post("/models/{id}/react")
+@form(Role.MEMBER)
+async def react_model(request: web.Request) -> web.Response:
+    return await _react(request, "models")
 
 
 @routes.post("/images/{id}/react")
 @form(Role.MEMBER)
 async def react_image(request: web.Request) -> web.Response:
-    fields = await form_data(request)
-    reaction = parse_enum(ReactionKind, field(fields, "reaction", maximum=16), "reaction")
-    on = fields.get("on", "1") != "0"
-    image_id = int_param(request, "id")
-    await request.app[NODE].catalog.react_to_image(visitor(request).user, image_id, reaction.value, on)
-    return redirect(back(request, f"/images/{image_id}"))
+    return await _react(request, "images")
 
 
 @routes.post("/versions/{id}/review")
