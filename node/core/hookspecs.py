@@ -37,3 +37,18 @@ def atrium_shutdown(node: Node) -> Any:
 @hookspec
 def atrium_routes(routes: web.RouteTableDef) -> None:
     """Fires while the HTTP app is built (a plain function, not async); add routes to `routes` under a prefix of the plugin's own, each mutating handler marked with `node.api.auth.requires` or `public`. Returns nothing."""
+
+
+@hookspec
+def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
+    """Fires before a generation is queued (`context` is a node.core.moderation.CheckContext); returns a list of node.core.moderation.Violation (empty to allow); any violation refuses the request."""
+
+
+@hookspec
+def atrium_generation_adapters(request: Any, register: Any) -> Any:
+    """Fires while a generation is prepared (`request` is the validated generation request); call register(node.core.moderation.GenerationAdapter(...)) for each adapter to apply to it. Returns nothing."""
+
+
+@hookspec
+def atrium_check_image(image: Any, metadata: dict[str, Any], context: Any) -> Any:
+    """Fires for each generated image before it is stored (`image` a PIL image, `metadata` its parameters text and resources); returns a list of Violation and ImageLabel; a violation discards the image and fails the job."""
