@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from node.core.errors import InvalidInput, TooLarge
+from node.core.errors import InvalidInput
 from node.core.jobs import JobContext, JobKind, JobOutput, OutputFile
 from node.core.moderation import CheckContext, GenerationAdapter, PolicyViolation, collect_violations
 from node.core.tables import Image, User
@@ -81,7 +81,7 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
     side = await asyncio.to_thread(default_size, family)
     width, height = width or side, height or side
     if width * height > settings.max_pixels or max(width, height) > settings.max_side:
-        raise TooLarge(f"size: {width}x{height} is more than this node makes (at most {settings.max_side} pixels "
+        raise InvalidInput(f"size: {width}x{height} is more than this node makes (at most {settings.max_side} pixels "
                        f"a side and {settings.max_pixels:,} pixels in all)")
     sampler = request.sampler or await asyncio.to_thread(_native_sampler, family)
     clip_skip = request.clip_skip or checkpoint.version.clip_skip
