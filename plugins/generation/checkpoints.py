@@ -149,8 +149,13 @@ def load_checkpoint(path: Path, family: Family, *, device: str, dtype: Any) -> A
     if class_name == "StableDiffusionPipeline":
         extra.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
-        pipe = cls.from_single_file(str(path), config=str(folder), local_files_only=True, torch_dtype=dtype,
-                                    **extra)
+        # diffusers picks its parser by the file name's extension, and blobs are named by hash: a link
+        # named .safetensors makes sure the safetensors parser reads it (never torch.load's pickle).
+        with tempfile.TemporaryDirectory(prefix="atrium-checkpoint-") as tmp:
+            link = Path(tmp) / "checkpoint.safetensors"
+            link.symlink_to(Path(path).resolve())
+            pipe = cls.from_single_file(str(link), config=str(folder), local_files_only=True, torch_dtype=dtype,
+                                        **extra)
     except Exception as exc:  # noqa: BLE001 - diffusers raises many kinds; each says which component failed
         # A file of another architecture (or not a checkpoint at all) fails here.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
