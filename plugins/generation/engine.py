@@ -75,10 +75,9 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
                 return kwargs
 
             call: dict[str, Any] = dict(
-                prompt=params["text"], negative_prompt=params["negative"] or None, num_inference_steps=steps,
-                guidance_scale=params["cfg"], generator=torch.Generator("cpu").manual_seed(seed),
-                clip_skip=clip_skip - 1 if clip_skip > 1 else None, callback_on_step_end=on_step,
-                output_type="pil")
+                num_inference_steps=steps, guidance_scale=params["cfg"],
+                generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step, output_type="pil")
+            call.update(_prompts(pipe, params["text"], params["negative"], clip_skip))
             if init_image is None:
                 call.update(height=params["height"], width=params["width"])
             else:
@@ -92,6 +91,28 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
             results.append(GeneratedImage(path=path, name=name, seed=seed, parameters=parameters))
     progress(1.0, f"{batch} image(s) done")
     return results
+
+
+def _prompts(pipe: Any, text: str, negative: str, clip_skip: int) -> dict[str, Any]:
+    """The prompt arguments of a pipeline call. A1111's Clip skip N reads the text encoder's N-th layer from
+    the end (diffusers counts from 0: clip_skip=N-1). SD 1.x pipelines are encoded here when N > 1: the
+    installed diffusers looks for `text_model` inside CLIPTextModel, which transformers 5.6+ flattened."""
+    import diffusers
+
+    if clip_skip <= 1:
+        return {"prompt": text, "negative_prompt": negative or None}
+    if isinstance(pipe, diffusers.StableDiffusionXLPipeline):
+        return {"prompt": text, "negative_prompt": negative or None, "clip_skip": clip_skip - 1}
+    return {"prompt_embeds": _encode(pipe, text, clip_skip), "negative_prompt_embeds": _encode(pipe, negative, clip_skip)}
+
+
+def _encode(pipe: Any, text: str, clip_skip: int) -> Any:
+    encoder = pipe.text_encoder
+    tokens = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+    hidden = encoder(tokens, output_hidden_states=True).hidden_states[-clip_skip]
+    inner = getattr(encoder, "text_model", encoder)
+    return inner.final_layer_norm(hidden).to(dtype=encoder.dtype)
 
 
 def _runner(pipe: Any, scheduler: Any, img2img: bool) -> Any:
