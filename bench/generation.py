@@ -1,0 +1,140 @@
+"""Node overhead per generation: `POST /api/node/v1/generate` through the job runner to an image stored in
+the catalog, against calling the same diffusers pipeline directly in the same script (CPU, digits model,
+20 steps, one 16x16 image each). Target (issue 6): node / direct <= 1.05.
+
+The node path counts everything a client waits for: the HTTP request, prepare (AIR resolution, hooks),
+queueing and claiming, the run (the cached pipeline, PNG with metadata), storing the job's file, and
+finish (the image checked and stored in the catalog with its thumbnail and resource links). The two are
+timed alternately, after one warm-up each, and compared by their medians: the machine's speed drifts.
+
+The checkpoint is the digits world's single file (worlds/digits) when the project has it, else a
+pipeline of the same architecture with random weights (tests/generation_fixtures.py): the same work
+per step either way.
+
+    python bench/generation.py [--rounds 10] [--steps 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TARGET = 1.05
+PROMPT = "a handwritten digit seven"
+
+
+def checkpoint_files(root: Path) -> tuple[Path, Path | None]:
+    """The digits world's single file and None (its folder is built in), or a stand-in and its config folder."""
+    try:
+        from worlds.digits.judge import single_file_path  # type: ignore[import-not-found]
+
+        return Path(single_file_path()), None
+    except ImportError:
+        from tests.generation_fixtures import tiny_pipeline, write_config_folder, write_single_file
+
+        pipe = tiny_pipeline(seed=0)
+        write_single_file(pipe, root / "digits-standin.safetensors")
+        return root / "digits-standin.safetensors", write_config_folder(pipe, root / "config")
+
+
+async def main(rounds: int, steps: int) -> None:
+    import torch
+    from aiohttp.test_utils import TestClient, TestServer
+
+    import plugins.generation as generation
+    from node.app import create_app
+    from node.core.catalog import VersionChanges, version_air
+    from node.core.config import config_from_mapping
+    from node.core.identity import create_identity
+    from node.core.plugins import PluginHost
+    from node.core.tables import Role
+    from node.core.vocabulary import ModelStatus
+    from plugins.generation.checkpoints import family_for, load_checkpoint
+
+    root = Path(tempfile.mkdtemp(prefix="atrium-bench-generation-"))
+    checkpoint, config_folder = checkpoint_files(root)
+    extra = {"Digits": str(config_folder)} if config_folder else {}
+    data = root / "node"
+    data.mkdir()
+    create_identity(data / "node.key")
+    config = config_from_mapping(data, {"swarm": {"enabled": False}, "accounts": {"argon2_memory_kib": 8192,
+                                                                                   "argon2_time_cost": 1}}, env={})
+    config.plugin_tables["generation"] = {"base_model_configs": [f"Digits={config_folder}"] if config_folder else []}
+    host = PluginHost([], available={})
+    host.register(generation, name="generation")
+    client = TestClient(TestServer(create_app(config, migrate=True, plugins=host)))
+    await client.start_server()
+    try:
+        from node.api.keys import NODE
+
+        node = client.app[NODE]
+        creator = await node.accounts.create_user("maker", role=Role.CREATOR)
+        model = await node.catalog.create_model(creator, name="Digits", type="Checkpoint")
+        version = await node.catalog.create_version(creator, model.id, VersionChanges(name="v1", base_model="Digits"))
+        blob = checkpoint.read_bytes()
+        upload = await node.ingest.start(creator, version.id, filename=checkpoint.name, size=len(blob))
+
+        async def pieces() -> Any:
+            yield blob
+
+        await node.ingest.append(creator, upload.id, 0, pieces())
+        await node.catalog.set_status(creator, model.id, ModelStatus.PUBLISHED)
+        air = version_air(node.name, model, version)
+        token = (await node.accounts.issue_token(await node.accounts.create_user("painter"), "bench")).secret
+
+        async def through_node(seed: int) -> float:
+            started = time.perf_counter()
+            response = await client.post("/api/node/v1/generate", headers={"Authorization": f"Bearer {token}"},
+                                         json={"model": air, "prompt": PROMPT, "steps": steps, "seed": seed})
+            job = await response.json()
+            assert response.status == 202, job
+            done = await node.jobs.wait(job["id"], timeout=600)
+            assert done.status == "succeeded", done.error
+            return time.perf_counter() - started
+
+        direct_pipe = await asyncio.to_thread(load_checkpoint, checkpoint, family_for("Digits", extra),
+                                              device="cpu", dtype=torch.float32)
+
+        def direct(seed: int) -> float:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                direct_pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.0, height=16, width=16,
+                            generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+            return time.perf_counter() - started
+
+        await through_node(0)  # loads the node's pipeline into its cache
+        direct(0)
+        node_times, direct_times = [], []
+        for i in range(1, rounds + 1):
+            direct_times.append(direct(i))
+            node_times.append(await through_node(i))
+        d, n = statistics.median(direct_times), statistics.median(node_times)
+        print(f"checkpoint: {checkpoint.name}, {steps} steps, 16x16, {rounds} rounds, torch threads "
+              f"{torch.get_num_threads()}")
+        print(f"direct diffusers call: median {d * 1000:7.1f} ms  (min {min(direct_times) * 1000:.1f})")
+        print(f"through the node:      median {n * 1000:7.1f} ms  (min {min(node_times) * 1000:.1f})")
+        print(f"overhead: {(n - d) * 1000:+.1f} ms per generation; ratio node/direct = {n / d:.3f} "
+              f"(target <= {TARGET}) {'MET' if n / d <= TARGET else 'NOT MET'}")
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    asyncio.run(main(args.rounds, args.steps))
