@@ -163,3 +163,32 @@ def test_hook_answers_are_checked() -> None:
         Violation("Bad Rule", "x")
     with pytest.raises(ValueError, match="64 lowercase hex"):
         GenerationAdapter("m", "abc")
+
+
+def test_every_generation_setting_and_sampler_is_documented() -> None:
+    import dataclasses
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    configuration = (docs / "configuration.md").read_text()
+    for f in dataclasses.fields(GenerationSettings):
+        assert f"`plugins.generation.{f.name}`" in configuration, f.name
+    generation = (docs / "generation.md").read_text()
+    for name in SAMPLERS:
+        first = name.removesuffix(" Karras")
+        assert f"| {first}" in generation or f"/ {name}" in generation, name
+
+
+def test_settings_are_validated_with_the_key_named(tmp_path: Path) -> None:
+    from plugins.generation.settings import load_settings
+
+    assert load_settings({"max_steps": 30}).max_steps == 30
+    with pytest.raises(ConfigError, match="plugins.generation.max_stepz: unknown key"):
+        load_settings({"max_stepz": 30})
+    with pytest.raises(ConfigError, match="plugins.generation.gpu_dtype"):
+        load_settings({"gpu_dtype": "int8"})
+    from plugins.generation.checkpoints import parse_base_model_configs
+
+    with pytest.raises(ConfigError, match="holds no model_index.json"):
+        parse_base_model_configs([f"Tiny={tmp_path}"])
+    with pytest.raises(ConfigError, match="is not 'Base model=/folder'"):
+        parse_base_model_configs(["Tiny"])
