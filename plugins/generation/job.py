@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import select
 
-from node.core.errors import InvalidInput
+from node.core.errors import ConfigError, InvalidInput
 from node.core.jobs import JobContext, JobKind, JobOutput, OutputFile
 from node.core.moderation import CheckContext, GenerationAdapter, PolicyViolation, collect_violations
 from node.core.tables import Image, User
@@ -47,6 +47,11 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
     extra: dict[str, str] = state["base_models"]
     request = parse_request(body, settings)
     checkpoint, family = await resolve_checkpoint(node, user, request.model, extra)
+    try:
+        side = await asyncio.to_thread(default_size, family)
+        sampler = request.sampler or await asyncio.to_thread(_native_sampler, family)
+    except ConfigError as exc:  # this installation lacks the family's folder: the request cannot be served
+        raise InvalidInput(f"model: {exc.detail}") from None
 
     loras: list[tuple[Resolved, float, str, bool]] = []  # (version, weight, name, from a tag)
     tags = lora_tags(request.prompt)
@@ -78,12 +83,10 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
         blobs.append(init_sha)
         width = width or max(SIDE_STEP, image.width // SIDE_STEP * SIDE_STEP)
         height = height or max(SIDE_STEP, image.height // SIDE_STEP * SIDE_STEP)
-    side = await asyncio.to_thread(default_size, family)
     width, height = width or side, height or side
     if width * height > settings.max_pixels or max(width, height) > settings.max_side:
         raise InvalidInput(f"size: {width}x{height} is more than this node makes (at most {settings.max_side} pixels "
                        f"a side and {settings.max_pixels:,} pixels in all)")
-    sampler = request.sampler or await asyncio.to_thread(_native_sampler, family)
     clip_skip = request.clip_skip or checkpoint.version.clip_skip
 
     context = CheckContext(user=user, purpose=KIND, request=request.as_json())
