@@ -649,10 +649,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                 version = model["modelVersions"][0]
             else:
                 version = await node.resolve_air(target)
-                try:
-                    model = await _model_as_seen(node, version["modelId"])
-                except NodeError:
-                    model = None  # a draft seen through someone else's eyes: the version is all we get
+                model = None  # a followed node's version, or a draft seen through someone else's eyes
+                if "origin" not in version:
+                    try:
+                        model = await _model_as_seen(node, version["modelId"])
+                    except NodeError:
+                        pass
         if args.json:
             out(json.dumps({"model": model, "version": version}, indent=2, ensure_ascii=False))
             return 0
@@ -681,6 +683,8 @@ def _print_summary(model: Any, version: Any) -> None:
     rows = [("model", str(version["modelId"]) + (f", {model['status']}" if model and model.get("status") else "")),
             ("creator", model["creator"]["username"] if model else "-"),
             ("version", f"{version['name']} ({version['id']}), {version['status']}"),
+            *([("origin", f"{version['origin']['name']} ({version['origin']['url'] or version['origin']['id']})")]
+              if version.get("origin") else []),
             ("base model", version.get("baseModel") or "-"),
             ("trigger words", ", ".join(version.get("trainedWords") or []) or "-")]
     if model:

@@ -164,6 +164,9 @@ class FederationSection:
                          "may read the log) or `approved` (an admin approves each one; the log and its "
                          "checkpoints then answer only requests signed by an approved follower).",
                          choices=("anyone", "approved"))
+    api_includes_followed: bool = key(False, "Whether `GET /api/v1/models`, by-hash lookups and the search page "
+                                      "include followed nodes' models by default (after this node's own); a "
+                                      "request's `followed=true|false` overrides it.")
     blocked: list[str] = key([], "Node ids (`z6Mk...`) and domains (`example.org`, which also blocks its "
                              "subdomains) this node neither follows, nor mirrors, nor lets follow it.")
 

@@ -416,6 +416,26 @@ class RemoteModel(SQLModel, table=True):
     updated_at: datetime = timestamp()
 
 
+class RemoteFile(SQLModel, table=True):
+    """One file of a published version on a followed node: what by-hash lookups, AIR resolution, base
+    model filters and the mirroring policy read (filled beside `remote_models` from the same entries)."""
+
+    __tablename__ = "remote_files"
+    __table_args__ = (sa.Index("ix_remote_files_model", "origin", "model_id"),)
+
+    origin: str = Field(max_length=128, primary_key=True)
+    file_id: int = Field(primary_key=True)  # the file's id on its origin
+    model_id: int
+    version_id: int
+    version_name: str = Field(default="", max_length=255)
+    base_model: str = Field(default="", max_length=64)
+    air: str = Field(default="", max_length=512)
+    name: str = Field(max_length=255)
+    size: int = Field(default=0, sa_type=sa.BigInteger)
+    sha256: str = Field(max_length=64, index=True)
+    primary: bool = Field(default=False)
+
+
 class Follower(SQLModel, table=True):
     """A node that follows this one: where to push "pull now", and whether it may read the log."""
 
