@@ -20,7 +20,7 @@ REPO = Path(__file__).parent.parent
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 
 
-def testkit_host() -> PluginHost:
+def kit_host() -> PluginHost:
     """A plugin host holding only the test job kinds."""
     host = PluginHost([], available={})
     host.register(jobs_testkit, "jobs_testkit")
@@ -34,7 +34,7 @@ def jobs_api(config: Config, aiohttp_client: Any) -> Callable[..., Awaitable[Api
     async def start(**settings: Any) -> Api:
         for name, value in settings.items():
             setattr(config.jobs, name, value)
-        app = create_app(config, plugins=testkit_host())
+        app = create_app(config, plugins=kit_host())
         return Api(client=await aiohttp_client(app), app=app)
 
     return start
@@ -68,7 +68,7 @@ async def finished(api: Api, token: str, job_id: int, timeout: float = 15.0) -> 
     return await until(api, token, job_id, lambda j: j["status"] in TERMINAL, timeout)
 
 
-def testkit_site(root: Path) -> dict[str, str]:
+def install_testkit(root: Path) -> dict[str, str]:
     """Install the test kit as a real distribution (entry point `jobs_testkit`) under `root`; returns the
     environment a subprocess needs to find it."""
     info = root / "atrium_jobs_testkit-1.0.dist-info"

@@ -40,6 +40,7 @@ from node.core.db import Database
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound, PluginLoadError, RateLimited, TooLarge
 from node.core.files import _fsync_dir
 from node.core.tables import Job, Role, User, utcnow
+from node.core.workers import WorkerTokens
 
 if TYPE_CHECKING:
     from node.core.plugins import PluginHost
@@ -238,6 +239,39 @@ def progress_event(job_id: int, progress: float, message: str, detail: dict[str,
                                           "detail": detail or {}}}
 
 
+class Wakeup:
+    """Wakes waiting workers when a job may be claimable. A waiter takes a ticket before it looks for a job,
+    so a job queued between its look and its wait still wakes it."""
+
+    def __init__(self) -> None:
+        self._tickets: list[asyncio.Future[None]] = []
+
+    def ticket(self) -> asyncio.Future[None]:
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tickets.append(ticket)
+        return ticket
+
+    def set(self) -> None:
+        """Wake every ticket taken so far."""
+        tickets, self._tickets = self._tickets, []
+        for ticket in tickets:
+            if not ticket.done():
+                ticket.set_result(None)
+
+    def discard(self, ticket: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tickets.remove(ticket)
+
+    async def wait(self, ticket: asyncio.Future[None], timeout: float) -> None:
+        """Until the ticket is woken or `timeout` seconds passed."""
+        try:
+            await asyncio.wait_for(asyncio.shield(ticket), timeout=timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self.discard(ticket)
+
+
 class Jobs:
     """The job service of a node: submit, look at and cancel jobs; claim and report on them (workers)."""
 
@@ -250,12 +284,13 @@ class Jobs:
         self.node: Node | None = None
         self.events_bus = JobEvents()
         # Set by submit (and by anything that frees a job or a device): idle in-process workers wake up.
-        self.wake = asyncio.Event()
+        self.wake = Wakeup()
         # Cancellation callbacks of attempts running in this process, so they stop without a round trip.
         self._local_cancels: dict[int, Callable[[], None]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._last_retention = 0.0
         self.runner: Any = None
+        self.worker_tokens = WorkerTokens(db)
 
     @property
     def lease_seconds(self) -> float:

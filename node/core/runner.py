@@ -257,10 +257,11 @@ class LocalWorkers:
         while True:
             # A GPU kind may be claimed only while a device is free; the device is held for its run.
             device = self.free_devices.pop(0) if gpu_kinds and self.free_devices else None
-            jobs.wake.clear()
+            ticket = jobs.wake.ticket()
             try:
                 claim = await jobs.claim(name, cpu_kinds + (gpu_kinds if device else []), device or "cpu")
             except asyncio.CancelledError:
+                jobs.wake.discard(ticket)
                 if device is not None:
                     self.free_devices.append(device)
                 raise
@@ -271,9 +272,9 @@ class LocalWorkers:
                 self.free_devices.append(device)
                 device = None
             if claim is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(jobs.wake.wait(), timeout=jobs.settings.poll_seconds)
+                await jobs.wake.wait(ticket, jobs.settings.poll_seconds)
                 continue
+            jobs.wake.discard(ticket)
             try:
                 await self._run(claim, name, device or "cpu")
             except asyncio.CancelledError:

@@ -1,5 +1,5 @@
 """A plugin of test job kinds, for tests of the job runner: registered directly in in-process tests, and
-through a real entry point (tests/jobs_fixtures.py `testkit_site`) for `atrium serve` and `atrium worker`
+through a real entry point (tests/jobs_fixtures.py `install_testkit`) for `atrium serve` and `atrium worker`
 subprocesses.
 
 Kinds: echo (returns its text), count (n steps with progress, `delay` seconds each; optionally in a thread,
