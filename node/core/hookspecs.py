@@ -40,6 +40,11 @@ def atrium_routes(routes: web.RouteTableDef) -> None:
 
 
 @hookspec
+def atrium_job_kinds(register: Any) -> None:
+    """Fires at startup (a plain function, not async); call `register(JobKind(...))` for each job kind the plugin runs. Returns nothing."""
+
+
+@hookspec
 def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
     """Fires before a generation is queued (`context` is a node.core.moderation.CheckContext); returns a list of node.core.moderation.Violation (empty to allow); any violation refuses the request."""
 
