@@ -191,3 +191,16 @@ def lora_files(pipe: Any, folder: Path, *, seed: int = 1, steps: int = 3, rank: 
     save_file(kohya_state, str(kohya))
     save_file(diffusers_state, str(diffusers_path))
     return kohya, diffusers_path
+
+
+def digits_checkpoint(folder: Path) -> tuple[Path, Path | None, Any]:
+    """The digits world's single-file checkpoint (None: its config folder is built into the plugin) and
+    its pipeline when the project has the world; otherwise a stand-in of the same architecture with random
+    weights, written into `folder` with its config folder."""
+    try:
+        from worlds.digits.judge import load_pipeline, single_file_path  # type: ignore[import-not-found]
+    except ImportError:
+        pipe = tiny_pipeline(seed=0)
+        write_single_file(pipe, folder / "digits-tiny.safetensors")
+        return folder / "digits-tiny.safetensors", write_config_folder(pipe, folder / "config"), pipe
+    return Path(single_file_path()), None, load_pipeline(device="cpu")

@@ -20,7 +20,6 @@ import plugins.generation as generation_plugin
 from node.app import create_app
 from node.core.catalog import VersionChanges, version_air
 from node.core.config import Config
-from node.core.errors import InvalidInput
 from node.core.hookspecs import hookimpl
 from node.core.imagemeta import parse_a1111
 from node.core.moderation import GenerationAdapter, ImageLabel, Violation
@@ -30,18 +29,17 @@ from node.core.vocabulary import ModelStatus
 from plugins.generation.metadata import CHUNK
 from tests.catalog_fixtures import safetensors_bytes
 from tests.conftest import Api
-from tests.generation_fixtures import lora_files, tiny_pipeline, write_config_folder, write_single_file
+from tests.generation_fixtures import digits_checkpoint, lora_files
 
 STEPS = 4
 
 
 @dataclass
 class World:
-    """Files of the tiny digits-architecture world, built once per module."""
+    """The digits checkpoint (or its stand-in) and two LoRAs trained on it, built once per module."""
 
-    folder: Path
     checkpoint: Path
-    config: Path
+    config: Path | None  # None: the digits world's own folder
     kohya: Path
     diffusers: Path
 
@@ -49,11 +47,9 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     folder = tmp_path_factory.mktemp("world")
-    pipe = tiny_pipeline(seed=0)
-    write_single_file(pipe, folder / "digits-tiny.safetensors")
-    write_config_folder(pipe, folder / "config")
-    kohya, diffusers_path = lora_files(tiny_pipeline(seed=0), folder / "loras")
-    return World(folder, folder / "digits-tiny.safetensors", folder / "config", kohya, diffusers_path)
+    checkpoint, config, pipe = digits_checkpoint(folder)
+    kohya, diffusers_path = lora_files(pipe, folder / "loras")
+    return World(checkpoint, config, kohya, diffusers_path)
 
 
 @dataclass
@@ -120,7 +116,8 @@ class Recorder:
 async def gen(config: Config, aiohttp_client: Any, world: World) -> tuple[Catalog, Recorder]:
     """The app with the generation plugin and a recording moderation plugin, on each database, with a
     tiny checkpoint and two LoRAs (kohya and diffusers format) published, and an SDXL LoRA."""
-    config.plugin_tables["generation"] = {"base_model_configs": [f"Digits={world.config}"]}
+    if world.config is not None:
+        config.plugin_tables["generation"] = {"base_model_configs": [f"Digits={world.config}"]}
     recorder = Recorder()
     host = PluginHost([], available={})
     host.register(generation_plugin, name="generation")
@@ -170,7 +167,7 @@ def text_chunks(data: bytes) -> dict[str, str]:
     return dict(image.text)  # type: ignore[attr-defined]
 
 
-async def test_generation_through_the_api_with_loras_stored_linked_reproducible(gen: Any) -> None:
+async def test_generation_through_the_api_with_loras_stored_linked_reproducible(gen: Any, world: World) -> None:
     cat, recorder = gen
     body = {"model": cat.checkpoint, "prompt": "a handwritten digit seven <lora:digitstyle_diffusers:0.5>",
             "negative": "blurry", "loras": [{"air": cat.kohya, "weight": 0.8}], "steps": STEPS, "cfg": 7.5,
@@ -188,7 +185,7 @@ async def test_generation_through_the_api_with_loras_stored_linked_reproducible(
                            "<lora:digitstyle_kohya:0.8>")
     assert (meta.negative_prompt, meta.steps, meta.sampler, meta.cfg_scale, meta.seed) == \
         ("blurry", STEPS, "Euler a", 7.5, 1234)
-    assert (meta.width, meta.height, meta.model) == (16, 16, "digits-tiny")
+    assert (meta.width, meta.height, meta.model) == (16, 16, world.checkpoint.stem)
     node = cat.api.node
     async with node.db.read_session() as session:
         files = {f.version_id: f for f in (await session.exec(select(ModelFile))).all()}

@@ -4,6 +4,7 @@ LoRA published with `atrium publish`, images written where --out says, metadata 
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 
 from node.core.imagemeta import parse_a1111
 from tests.conftest import atrium, start_serve, wait_healthy
-from tests.generation_fixtures import lora_files, tiny_pipeline, write_config_folder, write_single_file
+from tests.generation_fixtures import digits_checkpoint, lora_files
 
 AIR_LINE = re.compile(r"urn:air:\S+")
 
@@ -37,14 +38,13 @@ def publish(served_url: str, token: str, path: Path, name: str, kind: str) -> st
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("generate-cli")
-    pipe = tiny_pipeline(seed=0)
-    write_single_file(pipe, root / "digits-tiny.safetensors")
-    write_config_folder(pipe, root / "config")
-    kohya, _ = lora_files(tiny_pipeline(seed=0), root / "loras")
+    checkpoint, config, pipe = digits_checkpoint(root)
+    kohya, _ = lora_files(pipe, root / "loras")
     data = root / "data"
     assert atrium("init", str(data)).returncode == 0
     toml = (data / "node.toml").read_text().replace("enabled = []", 'enabled = ["generation"]')
-    toml += f'\n[plugins.generation]\nbase_model_configs = ["Digits={root / "config"}"]\n'
+    if config is not None:
+        toml += f'\n[plugins.generation]\nbase_model_configs = ["Digits={config}"]\n'
     (data / "node.toml").write_text(toml)
     added = atrium("users", "add", "maker", "--role", "creator", data=data)
     assert added.returncode == 0, added.stderr
@@ -52,15 +52,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     server = start_serve(data)
     try:
         wait_healthy(server, deadline=60)
-        checkpoint = publish(server.url, token, root / "digits-tiny.safetensors", "Digits tiny", "Checkpoint")
+        checkpoint_air = publish(server.url, token, checkpoint, "Digits", "Checkpoint")
         lora = publish(server.url, token, kohya, "Digit style", "LORA")
-        yield Served(server.url, token, checkpoint, lora)
+        yield Served(server.url, token, checkpoint_air, lora)
     finally:
         server.proc.kill()
         server.proc.communicate(timeout=10)
 
 
-def generate(served: Served, out: Path, *extra: str) -> "subprocess.CompletedProcess[str]":  # noqa: F821
+def generate(served: Served, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return atrium("generate", "--model", served.checkpoint, "--prompt", "a handwritten digit two",
                   "--steps", "4", "--node", served.url, "--token", served.token, "--out", str(out), *extra,
                   timeout=180)
