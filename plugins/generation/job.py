@@ -71,7 +71,8 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
                                "with the weight you want")
         seen[found.version.id] = name  # type: ignore[index]
         if name.lower() in names:
-            raise InvalidInput(f"two LoRAs are called {name!r}; name one of them by a tag of its model's name")
+            raise InvalidInput(f"two different LoRAs would both be recorded as {name!r}; give one of them by a "
+                               "<lora:...> tag with its model's name instead")
         names.add(name.lower())
 
     blobs = [checkpoint.file.sha256] + [found.file.sha256 for found, *_ in loras]
@@ -85,8 +86,8 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
         height = height or max(SIDE_STEP, image.height // SIDE_STEP * SIDE_STEP)
     width, height = width or side, height or side
     if width * height > settings.max_pixels or max(width, height) > settings.max_side:
-        raise InvalidInput(f"size: {width}x{height} is more than this node makes (at most {settings.max_side} pixels "
-                       f"a side and {settings.max_pixels:,} pixels in all)")
+        raise InvalidInput(f"size: {width}x{height} is more than this node makes (at most {settings.max_side} "
+                           f"pixels a side and {settings.max_pixels:,} pixels in all)")
     clip_skip = request.clip_skip or checkpoint.version.clip_skip
 
     context = CheckContext(user=user, purpose=KIND, request=request.as_json())
