@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from node.core.errors import InvalidInput
-from node.core.files import atomic_write_bytes
 from plugins.generation.checkpoints import Family, load_checkpoint
 from plugins.generation.loras import LoraFile
 from plugins.generation.metadata import parameters_text, png_bytes, resources_json
@@ -87,7 +86,8 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
             parameters = parameters_text(params, seed)
             name = f"image-{i}.png"
             path = workdir / name
-            atomic_write_bytes(path, png_bytes(image, parameters, resources_json(params, job_id)))
+            # The work folder is private to this attempt; the job runner moves and syncs what it keeps.
+            path.write_bytes(png_bytes(image, parameters, resources_json(params, job_id)))
             results.append(GeneratedImage(path=path, name=name, seed=seed, parameters=parameters))
     progress(1.0, f"{batch} image(s) done")
     return results
