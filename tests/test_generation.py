@@ -359,3 +359,25 @@ async def test_resources_of_the_wrong_kind_or_family_are_refused(gen: Any) -> No
     response = await cat.api.call("POST", "/api/node/v1/generate", cat.token, data=b"[1, 2]")
     assert response.status == 400
     assert await jobs_in_db(cat) == 0
+
+
+async def test_a_cancelled_generation_stops_between_steps_and_the_pipeline_serves_the_next(gen: Any) -> None:
+    from tests.conftest import wait_for
+
+    cat, _ = gen
+    node = cat.api.node
+    response = await cat.api.call("POST", "/api/node/v1/generate", cat.token,
+                                  json={"model": cat.checkpoint, "prompt": "zero", "steps": 100, "batch": 8})
+    job_id = (await response.json())["id"]
+
+    async def sampling() -> bool:
+        job = await node.jobs.load(job_id)
+        return job.progress > 0 and "step" in (job.message or "")
+
+    await wait_for(sampling, timeout=120)
+    response = await cat.api.call("POST", f"/api/node/v1/jobs/{job_id}/cancel", cat.token)
+    assert response.status == 200, await response.text()
+    cancelled = await node.jobs.wait(job_id, timeout=120)
+    assert cancelled.status == "cancelled" and cancelled.progress < 1
+    after = await submit(cat, {"model": cat.checkpoint, "prompt": "zero", "steps": STEPS, "seed": 2})
+    assert after["status"] == "succeeded", after
