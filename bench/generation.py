@@ -11,6 +11,22 @@ The checkpoint is the digits world's single file (worlds/digits) when the projec
 pipeline of the same architecture with random weights (tests/generation_fixtures.py): the same work
 per step either way.
 
+The machine's load swings the per-call times by 2-4x within a run, so besides the ratio of the medians
+the script measures, inside each generation, the node's time (and process CPU time) outside the pipeline
+call, and reports (direct + overhead) / direct. Figures of runs on the 2-core host, stand-in checkpoint
+(the digits world had not landed), load average 7-10 from other work:
+
+    rounds  direct median (min)   node median (min)   overhead wall median (min)   ratio   CPU ratio
+    12      1460 ms (437)          744 ms (512)       185 ms (70)                  1.126   1.119
+    16      1146 ms (497)          907 ms (578)       156 ms (80)                  1.136   1.114
+
+Target NOT MET: the node adds about 55-65 ms of CPU per generation, 11-12% of a 20-step digits image.
+Where it goes (process CPU, one generation): submit 8 ms (prepare 3.4), claim 12, one heartbeat with
+progress every 0.25 s 6-10 each, storing the job's file 3, finish 19 (the catalog's image intake 10:
+decode and verify, thumbnail, blobs, resource links), the final update 3. All but prepare and finish
+are the job runner's; a model whose step costs more than this tiny one's (any real checkpoint) makes
+the same milliseconds a smaller share.
+
     python bench/generation.py [--rounds 10] [--steps 20] [--threads 2]
 """
 
