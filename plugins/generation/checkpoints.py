@@ -50,6 +50,7 @@ class Family:
 SD1 = Family("sd1", "SD 1.x", str(CONFIGS / "sd1"), 512, builtin_tokenizer=True)
 SDXL = Family("sdxl", "SDXL", str(CONFIGS / "sdxl"), 1024, builtin_tokenizer=True)
 DIGITS = Family("digits", "Digits", None, 16)
+BUILTIN_FAMILIES = {family.key: family for family in (SD1, SDXL, DIGITS)}
 # Pony, Illustrious and NoobAI are SDXL fine-tunes: same architecture, so their LoRAs are interchangeable
 # in the loader's eyes (whether they look good is the user's call).
 _BY_ECOSYSTEM = {"sd1": SD1, "sdxl": SDXL, "pony": SDXL}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from node.core.errors import InvalidInput
-from plugins.generation.checkpoints import Family, load_checkpoint
+from plugins.generation.checkpoints import BUILTIN_FAMILIES, Family, load_checkpoint
 from plugins.generation.loras import LoraFile
 from plugins.generation.metadata import parameters_text, png_bytes, resources_json
 from plugins.generation.pipelines import PipelineCache, torch_dtype
@@ -38,7 +38,9 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
     import torch
 
     model = params["model"]
-    family = Family(**model["family"])
+    # The shipped families resolve to this installation's folders (a remote worker's paths differ from
+    # the node's); a custom family names its folder, which must exist here too.
+    family = BUILTIN_FAMILIES.get(model["family"]["key"]) or Family(**model["family"])
     dtype = torch_dtype(device, gpu_dtype)
     key = (model["sha256"], device, str(dtype).removeprefix("torch."))
     progress(0.0, f"loading {model['name']}")
