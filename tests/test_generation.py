@@ -116,6 +116,10 @@ class Recorder:
 async def gen(config: Config, aiohttp_client: Any, world: World) -> tuple[Catalog, Recorder]:
     """The app with the generation plugin and a recording moderation plugin, on each database, with a
     tiny checkpoint and two LoRAs (kohya and diffusers format) published, and an SDXL LoRA."""
+    return await make_gen(config, aiohttp_client, world)
+
+
+async def make_gen(config: Config, aiohttp_client: Any, world: World) -> tuple[Catalog, Recorder]:
     if world.config is not None:
         config.plugin_tables["generation"] = {"base_model_configs": [f"Digits={world.config}"]}
     recorder = Recorder()
@@ -381,3 +385,34 @@ async def test_a_cancelled_generation_stops_between_steps_and_the_pipeline_serve
     assert cancelled.status == "cancelled" and cancelled.progress < 1
     after = await submit(cat, {"model": cat.checkpoint, "prompt": "zero", "steps": STEPS, "seed": 2})
     assert after["status"] == "succeeded", after
+
+
+async def test_a_remote_worker_generates_what_the_node_prepared(config: Config, aiohttp_client: Any, world: World,
+                                                                database_url: str) -> None:
+    import asyncio
+    import subprocess
+    import sys
+
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the worker talks HTTP only; the node's database is covered by the other tests")
+    config.jobs.workers = 0  # only the remote worker runs jobs
+    cat, _ = await make_gen(config, aiohttp_client, world)
+    issued = await cat.api.node.jobs.worker_tokens.add("cpu-box")
+    url = str(cat.api.client.make_url("")).rstrip("/")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "node", "worker", "--node", url, "--token", issued.secret, "--plugins", "generation",
+        "--kinds", "generate", "--device", "cpu", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        body = {"model": cat.checkpoint, "prompt": "a handwritten digit one", "loras": [{"air": cat.kohya, "weight": 0.6}],
+                "steps": STEPS, "seed": 11, "sampler": "Euler a"}
+        first, second = await submit(cat, body), await submit(cat, body)
+        assert first["status"] == "succeeded", first
+        assert (await cat.api.node.jobs.load(first["id"])).worker.startswith("cpu-box/")
+        assert np.array_equal(pixels(await png(cat, first)), pixels(await png(cat, second)))
+        meta = parse_a1111(text_chunks(await png(cat, first))["parameters"])
+        assert (meta.seed, meta.sampler, meta.loras) == (11, "Euler a", [("digitstyle_kohya", 0.6)])
+        assert first["result"]["images"][0]["image_id"] is not None
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.communicate(), timeout=30)
