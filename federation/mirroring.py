@@ -442,12 +442,18 @@ class Mirroring:
                 return
             await session.delete(row)
             await session.commit()
-        if row.info_hash_v2:
+        if row.info_hash_v2 and not await self._torrent_in_use(row.info_hash_v2):
             await self.swarm.unseed(row.info_hash_v2)
         if row.state == "stored" and not await self._in_use(row.sha256):
             await asyncio.to_thread(self.blobs.delete, row.sha256)
         log.info("mirroring: removed the copy of %s (%s)", row.name, reason,
                  extra={"event": "mirror_removed", "origin": row.origin, "file_id": row.file_id})
+
+    async def _torrent_in_use(self, info_hash_v2: str) -> bool:
+        """Whether another mirrored record is the same torrent (same bytes, same name, another origin)."""
+        async with self.db.read_session() as session:
+            return (await session.exec(select(MirroredFile.file_id).where(
+                MirroredFile.info_hash_v2 == info_hash_v2).limit(1))).first() is not None
 
     async def _in_use(self, sha256: str) -> bool:
         """Whether a local file or another mirrored record still needs these bytes."""

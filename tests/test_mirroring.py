@@ -30,6 +30,7 @@ from node.app import create_app
 from tests.catalog_fixtures import safetensors_bytes
 from tests.conftest import TEST_SWARM, Api, free_port, make_config, wait_for, write_node
 from tests.test_catalog import Creator
+from tests.test_web import PASSWORD, Browser
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -270,6 +271,13 @@ async def test_a_followed_nodes_file_is_mirrored_through_the_swarm_verified_and_
     assert bad.status == 400 and "wait" in (await bad.json())["detail"]
     run = await (await b.call("POST", "/api/node/v1/admin/mirror/run", admin, json={"wait": True})).json()
     assert run["kept"] == 1 and run["fetching"] == [] and run["evicted"] == []
+    # The admin page shows it too, and evaluates the policy on request.
+    await b.node.accounts.create_user("boss", role=Role.ADMIN, password=PASSWORD)
+    boss = Browser(b)
+    await boss.sign_in("boss")
+    page = await boss.get("/admin")
+    assert "model.safetensors" in page and "stored (seeding)" in page
+    await boss.post("/admin/mirror/run", {})
 
     # A takedown at the origin removes the copy: the record, the seeding and the bytes.
     moderator = await a.user("mod", Role.MODERATOR)
