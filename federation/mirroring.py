@@ -265,7 +265,8 @@ class Mirroring:
             # Rows of files that are neither held nor wanted (failed, or fetching in a previous run) go too.
             wanted = {c.key for c in plan.fetch} | set(plan.keep)
             stale = [(r.origin, r.file_id) for r in rows if (r.origin, r.file_id) not in wanted
-                     and (r.origin, r.file_id) not in plan.evict and (r.origin, r.file_id) not in backing_off]
+                     and (r.origin, r.file_id) not in plan.evict
+                     and ((r.origin, r.file_id) not in backing_off or (r.origin, r.file_id) not in listed)]
             for key in stale:
                 await self.evict(key, "no longer wanted")
             started = []
@@ -440,8 +441,12 @@ class Mirroring:
             row = await session.get(MirroredFile, key)
             if row is None:
                 return
-            await session.delete(row)
+            # A takedown and an evaluation may remove the same copy at once: only one of them goes on.
+            deleted = await session.exec(sa.delete(MirroredFile).where(  # type: ignore[call-overload]
+                MirroredFile.origin == key[0], MirroredFile.file_id == key[1]))
             await session.commit()
+        if deleted.rowcount == 0:
+            return
         if row.info_hash_v2 and not await self._torrent_in_use(row.info_hash_v2):
             await self.swarm.unseed(row.info_hash_v2)
         if row.state == "stored" and not await self._in_use(row.sha256):
