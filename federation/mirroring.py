@@ -244,8 +244,10 @@ class Mirroring:
         async with self._lock:
             now = utcnow()
             rows = await self._rows()
-            candidates = await self._candidates()
-            blocked_origins = {c.origin for c in candidates if is_blocked(self.federation, c.origin, c.origin_url)}
+            # The default (no policy, nothing held) costs no scan of the mirrored index.
+            candidates = await self._candidates() if rows or self.settings.strategy != "none" else []
+            origins = {(c.origin, c.origin_url) for c in candidates}
+            blocked_origins = {o for o, u in origins if is_blocked(self.federation, o, u)}
             candidates = [c for c in candidates if c.origin not in blocked_origins]
             if self.settings.strategy == "most-downloaded":
                 candidates = await self._with_downloads(candidates)
@@ -294,21 +296,29 @@ class Mirroring:
                 col(MirroredFile.origin), col(MirroredFile.file_id)))).all())
 
     async def _candidates(self) -> list[Candidate]:
-        """Every file of every published version of followed nodes' models, with what ranks it."""
+        """Every file of every published version of followed nodes' models, with what ranks it (each
+        model's tags and versions are read once, not once per file)."""
         async with self.db.read_session() as session:
-            rows = (await session.exec(select(RemoteFile, RemoteModel.origin_name, RemoteModel.origin_url,
-                                              RemoteModel.tags, RemoteModel.versions).join(
-                RemoteModel, sa.and_(col(RemoteModel.origin) == RemoteFile.origin,
-                                     col(RemoteModel.remote_id) == RemoteFile.model_id)))).all()
+            models = {(o, m): (name, url, tags, versions) for o, m, name, url, tags, versions in (await session.exec(
+                select(RemoteModel.origin, RemoteModel.remote_id, RemoteModel.origin_name, RemoteModel.origin_url,
+                       RemoteModel.tags, RemoteModel.versions))).all()}
+            files = (await session.exec(select(RemoteFile))).all()
+        published: dict[tuple[str, int], datetime | None] = {}
+        for (origin, _model_id), (_name, _url, _tags, versions) in models.items():
+            for v in versions or []:
+                if isinstance(v, dict) and isinstance(v.get("id"), int):
+                    published[(origin, v["id"])] = parse_published(v.get("publishedAt"))
         out = []
-        for f, origin_name, origin_url, tags, versions in rows:
-            published = next((parse_published(v.get("publishedAt")) for v in versions or []
-                              if isinstance(v, dict) and v.get("id") == f.version_id), None)
+        for f in files:
+            model = models.get((f.origin, f.model_id))
+            if model is None or not model[1] or f.size <= 0:
+                continue
+            origin_name, origin_url, tags, _versions = model
             out.append(Candidate(origin=f.origin, file_id=f.file_id, version_id=f.version_id, model_id=f.model_id,
                                  name=f.name, sha256=f.sha256, size=f.size, origin_name=origin_name,
                                  origin_url=origin_url, tags=tuple(t for t in tags or [] if isinstance(t, str)),
-                                 published_at=published))
-        return [c for c in out if c.origin_url and c.size > 0]
+                                 published_at=published.get((f.origin, f.version_id))))
+        return out
 
     async def _with_downloads(self, candidates: list[Candidate]) -> list[Candidate]:
         counts: dict[str, dict[int, int]] = {}

@@ -321,7 +321,8 @@ async def test_deleted_and_taken_down_models_disappear_from_every_mirror(nodes: 
         await wait_for(gone, timeout=20)
 
 
-async def test_the_budget_holds_the_newest_file_and_a_young_copy_outlives_a_better_candidate(nodes: Nodes) -> None:
+async def test_the_budget_holds_the_newest_file_a_young_copy_outlives_a_better_candidate_and_blocking_removes_it(
+        nodes: Nodes) -> None:
     older, newer = safetensors_bytes(seed=31), safetensors_bytes(seed=32)
     assert len(older) == len(newer)
     a = await nodes.start("a")
@@ -350,6 +351,12 @@ async def test_the_budget_holds_the_newest_file_and_a_young_copy_outlives_a_bett
     assert blob_of(b, newer).read_bytes() == newer and not blob_of(b, older).exists()
     status = await mirroring.status()
     assert status["used"] == len(newer) <= status["budget"]
+
+    # An origin put on federation.blocked loses its copies at the next evaluation, young or not.
+    b.node.config.federation.blocked.append(a.node.node_id)
+    summary = await mirroring.evaluate(wait=True)
+    assert [e["fileId"] for e in summary["evicted"]] == [f2["id"]] and summary["candidates"] == 0
+    assert not await mirrored(b, None) and not blob_of(b, newer).exists()
 
 
 async def _listed(api: Api, file_id: int) -> bool:
