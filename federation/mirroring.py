@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +39,7 @@ from node.client import NodeClient
 from node.core.blobs import BlobStore
 from node.core.config import FederationSection, MirrorSection
 from node.core.db import Database
-from node.core.errors import AtriumError
+from node.core.errors import AtriumError, NotFound
 from node.core.manifests import ManifestError
 from node.core.swarm import Swarm
 from node.core.tables import MirroredFile, ModelFile, RemoteFile, RemoteModel, utcnow
@@ -478,6 +479,16 @@ class Mirroring:
                 MirroredFile.sha256 == sha256).limit(1))).first()
         return local is not None or mirrored is not None
 
+    async def stored_copy(self, origin: str, file_id: int) -> tuple[MirroredFile, Path]:
+        """A verified mirrored copy and its blob; NotFound unless it is stored here."""
+        row = None
+        if len(origin) <= 128 and file_id < 2**31:  # beyond the columns' range nothing can match
+            async with self.db.read_session() as session:
+                row = await session.get(MirroredFile, (origin, file_id))
+        if row is None or row.state != "stored" or not await asyncio.to_thread(self.blobs.exists, row.sha256):
+            raise NotFound(f"this node holds no mirrored copy of file {file_id} of {origin[:128]}")
+        return row, self.blobs.path_for(row.sha256)
+
     # -- reporting ---------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
@@ -500,7 +511,9 @@ class Mirroring:
                           "sha256": row.sha256, "size": row.size, "state": row.state,
                           "mirroredAt": _iso(row.mirrored_at),
                           "keepUntil": _iso(row.mirrored_at + lifetime) if row.mirrored_at else None,
-                          "infoHashV2": row.info_hash_v2, "seeding": bool(stats and stats["state"] == "seeding"),
+                          "infoHashV2": row.info_hash_v2,
+                          "contentPath": f"/api/node/v1/mirrored/{row.origin}/{row.file_id}/content"
+                          if row.state == "stored" else None, "seeding": bool(stats and stats["state"] == "seeding"),
                           "uploaded": stats["uploaded"] if stats else 0, "failures": row.failures,
                           "lastError": row.last_error, "retryAt": _iso(row.retry_at)})
         s = self.settings

@@ -252,6 +252,16 @@ async def test_a_followed_nodes_file_is_mirrored_through_the_swarm_verified_and_
     origin_torrent = await a.node.distribution.torrent(file["id"])
     assert row.info_hash_v2 == origin_torrent.info_hash_v2
     assert b.node.swarm.stats(row.info_hash_v2)["state"] == "seeding"
+    # Over HTTP too, with ranges, once verified; nothing else is served from that route.
+    content = f"/api/node/v1/mirrored/{a.node.node_id}/{file['id']}/content"
+    response = await b.call("GET", content)
+    assert response.status == 200 and await response.read() == data
+    ranged = await b.call("GET", content, headers={"Range": "bytes=8-15"})
+    assert ranged.status == 206 and await ranged.read() == data[8:16]
+    assert (await b.call("GET", f"/api/node/v1/mirrored/{a.node.node_id}/999/content")).status == 404
+    assert (await b.call("GET", f"/api/node/v1/mirrored/{a.node.node_id}/{10**17}/content")).status == 404
+    assert (await b.call("GET", f"/api/node/v1/mirrored/{'z' * 300}/1/content")).status == 404
+    assert (await b.call("GET", f"/api/node/v1/mirrored/{a.node.node_id}/x/content")).status == 400
     # A third client that knows only B gets the file from B.
     got = await download_from_peer_only(origin_torrent, ("127.0.0.1", b.node.swarm.listen_port), tmp_path / "c")
     assert got == data
@@ -262,7 +272,7 @@ async def test_a_followed_nodes_file_is_mirrored_through_the_swarm_verified_and_
     assert status["strategy"] == "all" and status["used"] == len(data)
     (entry,) = status["files"]
     assert entry["state"] == "stored" and entry["seeding"] and entry["originName"] == "a"
-    assert entry["lastError"] is None and entry["mirroredAt"]
+    assert entry["lastError"] is None and entry["mirroredAt"] and entry["contentPath"].endswith("/content")
     member = await b.user("member")
     assert (await b.call("GET", "/api/node/v1/admin/mirror", member)).status == 403
     assert (await b.call("GET", "/api/node/v1/admin/mirror")).status == 401
@@ -290,6 +300,7 @@ async def test_a_followed_nodes_file_is_mirrored_through_the_swarm_verified_and_
     await wait_for(removed, timeout=15)
     assert b.node.swarm.find(row.info_hash_v2) is None
     assert not (b.node.swarm.resume_dir / f"{row.info_hash_v2}.resume").exists()
+    assert (await b.call("GET", content)).status == 404
 
 
 async def test_deleted_and_taken_down_models_disappear_from_every_mirror(nodes: Nodes) -> None:
