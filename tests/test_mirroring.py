@@ -333,11 +333,12 @@ async def test_deleted_and_taken_down_models_disappear_from_every_mirror(nodes: 
 
 
 async def test_the_budget_holds_the_newest_file_a_young_copy_outlives_a_better_candidate_and_blocking_removes_it(
-        nodes: Nodes) -> None:
+        database_url: str, nodes: Nodes) -> None:
     older, newer = safetensors_bytes(seed=31), safetensors_bytes(seed=32)
     assert len(older) == len(newer)
     a = await nodes.start("a")
-    b = await nodes.start("b", strategy="recent", budget=len(older) + 100, min_lifetime_hours=1)
+    b = await nodes.start("b", database_url=database_url, strategy="recent", budget=len(older) + 100,
+                          min_lifetime_hours=1)
     maker = Creator(a, await a.user("maker", Role.CREATOR))
     _m1, _v1, f1 = await maker.published(older, name="Older")
     await b.node.federation.peers.follow(url(a))
@@ -466,7 +467,7 @@ async def index_remote(api: Api, origin: FakeOrigin, model_id: int, version_id: 
 
 
 async def test_a_file_that_does_not_match_the_signed_manifest_is_refused_and_not_kept(
-        nodes: Nodes, aiohttp_server: Any, tmp_path: Path) -> None:
+        database_url: str, nodes: Nodes, aiohttp_server: Any, tmp_path: Path) -> None:
     genuine = safetensors_bytes(seed=51)
     tampered = bytearray(genuine)
     tampered[-10] ^= 0xFF  # same size, other bytes
@@ -476,7 +477,7 @@ async def test_a_file_that_does_not_match_the_signed_manifest_is_refused_and_not
     fake.offer(7, 70, "cats.safetensors", signed=genuine, served=bytes(tampered))
     # Another file whose manifest names other bytes than the origin's log: refused before any download.
     fake.offer(8, 80, "dogs.safetensors", signed=safetensors_bytes(seed=52), served=safetensors_bytes(seed=52))
-    b = await nodes.start("b", strategy="all")
+    b = await nodes.start("b", database_url=database_url, strategy="all")
     await index_remote(b, fake, 1, 7, 70, "cats.safetensors", genuine)
     await index_remote(b, fake, 2, 8, 80, "dogs.safetensors", safetensors_bytes(seed=53))
 
