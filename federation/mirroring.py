@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -50,17 +50,21 @@ log = logging.getLogger("atrium.mirroring")
 
 # After a sync wakes the policy, wait this long for more batches before evaluating (one run per burst).
 SETTLE_SECONDS = 1.0
+# Evaluations woken by syncs start at least this long apart.
+MIN_GAP_SECONDS = 5.0
 # A failed fetch waits interval x 2^(failures - 1) before the next try, at most this long.
 MAX_RETRY_SECONDS = 24 * 3600
 # "most-downloaded" reads at most this many pages of 100 models of each origin's ranking.
 STATS_PAGES = 10
 STATS_PAGE_SIZE = 100
 ERROR_CHARS = 2000
+# Rows of the mirrored index handled between two turns of the event loop.
+CHUNK_ROWS = 500
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A followed node's file the policy may mirror, with what the strategies rank it by."""
+class Candidate(NamedTuple):
+    """A followed node's file the policy may mirror, with what the strategies rank it by. A tuple of plain
+    values: a large index makes many of them, and the garbage collector then has nothing to walk."""
 
     origin: str
     file_id: int
@@ -80,8 +84,7 @@ class Candidate:
         return self.origin, self.file_id
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     """A copy this node holds (or is fetching): what eviction weighs."""
 
     origin: str
@@ -146,7 +149,8 @@ def choose(candidates: Sequence[Candidate], held: Sequence[Held], settings: Mirr
             if h.sha256 not in shas:
                 shas.add(h.sha256)
                 used += h.size
-    for c in rank(candidates, settings):
+    ranked = rank(candidates, settings)
+    for c in ranked:
         if c.key in chosen:
             continue
         if c.sha256 in shas:
@@ -156,7 +160,7 @@ def choose(candidates: Sequence[Candidate], held: Sequence[Held], settings: Mirr
             shas.add(c.sha256)
             used += c.size
     held_keys = {h.key for h in held}
-    order = {c.key: i for i, c in enumerate(rank(candidates, settings))}
+    order = {c.key: i for i, c in enumerate(ranked)}
     fetch = sorted((c for c in candidates if c.key in chosen and c.key not in held_keys),
                    key=lambda c: order.get(c.key, len(order)))
     return Plan(keep=[h.key for h in held if h.key in chosen], fetch=fetch,
@@ -196,6 +200,7 @@ class Mirroring:
         self._stats: dict[str, tuple[float, dict[int, int]]] = {}  # origin -> (when read, version -> downloads)
         self.last_run: dict[str, Any] | None = None
         self.last_run_at: datetime | None = None
+        self._last_evaluation = 0.0  # time.monotonic() of the last evaluation's end
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -211,7 +216,9 @@ class Mirroring:
                     async with asyncio.timeout(self.settings.interval_seconds):
                         await self._wake.wait()
                 if self._wake.is_set():
-                    await asyncio.sleep(SETTLE_SECONDS)  # let a burst of batches land first
+                    # Let a burst of batches land first, and keep a busy origin from re-running it back to back.
+                    since = time.monotonic() - self._last_evaluation
+                    await asyncio.sleep(max(SETTLE_SECONDS, MIN_GAP_SECONDS - since))
                 self._wake.clear()
         finally:
             await self.close()
@@ -261,7 +268,9 @@ class Mirroring:
                     held.append(Held(row.origin, row.file_id, row.sha256, row.size, row.mirrored_at))
                 elif row.state == "failed" and row.retry_at is not None and row.retry_at > now:
                     backing_off.add(key)
-            plan = choose([c for c in candidates if c.key not in backing_off], held, self.settings, now)
+            # Ranking a large index takes a while: off the event loop.
+            plan = await asyncio.to_thread(choose, [c for c in candidates if c.key not in backing_off], held,
+                                           self.settings, now)
             listed = {c.key for c in candidates}
             for key in plan.evict:
                 await self.evict(key, "no longer listed by its origin" if key not in listed else "not chosen by the policy")
@@ -287,6 +296,7 @@ class Mirroring:
                              "evicted": [{"origin": o, "fileId": f} for o, f in plan.evict],
                              "used": plan.used, "swarmRunning": self.swarm.running}
             tasks = [self._fetching[c.key] for c in started if c.key in self._fetching]
+            self._last_evaluation = time.monotonic()
         if wait and tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         return dict(self.last_run)
@@ -297,36 +307,43 @@ class Mirroring:
                 col(MirroredFile.origin), col(MirroredFile.file_id)))).all())
 
     async def _candidates(self) -> list[Candidate]:
-        """Every file of every published version of followed nodes' models, with what ranks it (each
-        model's tags and versions are read once, not once per file)."""
-        async with self.db.read_session() as session:
-            models = {(o, m): (name, url, tags, versions) for o, m, name, url, tags, versions in (await session.exec(
-                select(RemoteModel.origin, RemoteModel.remote_id, RemoteModel.origin_name, RemoteModel.origin_url,
-                       RemoteModel.tags, RemoteModel.versions))).all()}
-            files = (await session.exec(select(RemoteFile))).all()
+        """Every file of every published version of followed nodes' models, with what ranks it. Rows are
+        read in chunks, so a large index never holds the event loop for long; each model's tags and
+        versions are read once, not once per file."""
+        models: dict[tuple[str, int], tuple[str, str | None, tuple[str, ...]]] = {}
         published: dict[tuple[str, int], datetime | None] = {}
-        for (origin, _model_id), (_name, _url, _tags, versions) in models.items():
-            for v in versions or []:
-                if isinstance(v, dict) and isinstance(v.get("id"), int):
-                    published[(origin, v["id"])] = parse_published(v.get("publishedAt"))
-        out = []
-        for f in files:
-            model = models.get((f.origin, f.model_id))
-            if model is None or not model[1] or f.size <= 0:
-                continue
-            origin_name, origin_url, tags, _versions = model
-            out.append(Candidate(origin=f.origin, file_id=f.file_id, version_id=f.version_id, model_id=f.model_id,
-                                 name=f.name, sha256=f.sha256, size=f.size, origin_name=origin_name,
-                                 origin_url=origin_url, tags=tuple(t for t in tags or [] if isinstance(t, str)),
-                                 published_at=published.get((f.origin, f.version_id))))
+        out: list[Candidate] = []
+        async with self.db.read_session() as session:
+            result = await session.stream(select(RemoteModel.origin, RemoteModel.remote_id, RemoteModel.origin_name,
+                                                 RemoteModel.origin_url, RemoteModel.tags, RemoteModel.versions))
+            async for chunk in result.partitions(CHUNK_ROWS):
+                for origin, model_id, origin_name, origin_url, tags, versions in chunk:
+                    models[(origin, model_id)] = (origin_name, origin_url,
+                                                  tuple(t for t in tags or [] if isinstance(t, str)))
+                    for v in versions or []:
+                        if isinstance(v, dict) and isinstance(v.get("id"), int):
+                            published[(origin, v["id"])] = parse_published(v.get("publishedAt"))
+                await asyncio.sleep(0)
+            result = await session.stream(select(RemoteFile.origin, RemoteFile.file_id, RemoteFile.version_id,
+                                                 RemoteFile.model_id, RemoteFile.name, RemoteFile.sha256,
+                                                 RemoteFile.size))
+            async for chunk in result.partitions(CHUNK_ROWS):
+                for origin, file_id, version_id, model_id, name, sha256, size in chunk:
+                    model = models.get((origin, model_id))
+                    if model is None or not model[1] or size <= 0:
+                        continue
+                    out.append(Candidate(origin=origin, file_id=file_id, version_id=version_id, model_id=model_id,
+                                         name=name, sha256=sha256, size=size, origin_name=model[0],
+                                         origin_url=model[1], tags=model[2],
+                                         published_at=published.get((origin, version_id))))
+                await asyncio.sleep(0)
         return out
 
     async def _with_downloads(self, candidates: list[Candidate]) -> list[Candidate]:
         counts: dict[str, dict[int, int]] = {}
         for origin, url in {(c.origin, c.origin_url) for c in candidates}:
             counts[origin] = await self._download_counts(origin, url or "")
-        return [Candidate(**{**c.__dict__, "downloads": counts.get(c.origin, {}).get(c.version_id, 0)})
-                for c in candidates]
+        return [c._replace(downloads=counts.get(c.origin, {}).get(c.version_id, 0)) for c in candidates]
 
     async def _download_counts(self, origin: str, url: str) -> dict[int, int]:
         """Download counts of an origin's versions from its public API (kept for one interval); an origin
