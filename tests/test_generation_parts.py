@@ -72,6 +72,7 @@ def test_requests_are_checked_field_by_field_against_the_node_s_limits() -> None
              ({"loras": [{"air": AIR, "scale": 1}]}, "loras.0: expected an object with air and weight"),
              ({"schedule_type": "Karras"}, "schedule_type: give a sampler too"),
              ({"init_image": 1, "denoising_strength": 0}, "denoising_strength: must be above 0"),
+             ({"init_image": 1, "denoising_strength": 0.01, "steps": 20}, "0.01 of 20 steps is less than one step"),
              ({"prompt": "x" * 10001}, "prompt: 10,001 characters; this node takes at most 10,000"),
              ({"negative": "a\x00b"}, "negative: must not contain NUL"),
              ({"model": "urn:air:sd1:checkpoint:civitai:abc"}, "model: AIR")]

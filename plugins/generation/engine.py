@@ -78,12 +78,12 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
             call: dict[str, Any] = dict(
                 num_inference_steps=steps, guidance_scale=params["cfg"],
                 generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step, output_type="pil")
-            call.update(_prompts(pipe, params["text"], params["negative"], clip_skip))
             if init_image is None:
                 call.update(height=params["height"], width=params["width"])
             else:
                 call.update(image=init_image, strength=params["denoising_strength"])
             with torch.inference_mode():
+                call.update(_prompts(pipe, params["text"], params["negative"], clip_skip))
                 image = runner(**call).images[0]
             parameters = parameters_text(params, seed)
             name = f"image-{i}.png"

@@ -102,6 +102,9 @@ def parse_request(body: Any, settings: GenerationSettings) -> GenerationRequest:
         strength = _number(DEFAULT_STRENGTH if strength is None else strength, "denoising_strength", 0.0, 1.0)
         if strength == 0:
             raise InvalidInput("denoising_strength: must be above 0 (0 would return the image unchanged)")
+        if int(steps * strength) < 1:
+            raise InvalidInput(f"denoising_strength: {strength:g} of {steps} steps is less than one step; raise "
+                               "either")
     elif strength is not None:
         raise InvalidInput("denoising_strength: only for image-to-image (give init_image, a catalog image id)")
     return GenerationRequest(model=model, prompt=prompt, negative=negative, loras=loras, steps=steps, cfg=cfg,
