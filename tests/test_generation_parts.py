@@ -193,3 +193,19 @@ def test_settings_are_validated_with_the_key_named(tmp_path: Path) -> None:
         parse_base_model_configs([f"Tiny={tmp_path}"])
     with pytest.raises(ConfigError, match="is not 'Base model=/folder'"):
         parse_base_model_configs(["Tiny"])
+
+
+def test_the_cli_reads_air_weight_pairs_sizes_and_batch_file_names() -> None:
+    from node.cli_generate import output_paths, parse_lora, parse_size
+
+    air = "urn:air:sd1:lora:atrium:5@6"
+    assert parse_lora(f"{air}:0.8") == {"air": air, "weight": 0.8}
+    assert parse_lora(f"{air}:1") == {"air": air, "weight": 1.0}
+    assert parse_lora(air) == {"air": air, "weight": 1.0}
+    assert parse_lora("urn:air:sd1:lora:atrium:5") == {"air": "urn:air:sd1:lora:atrium:5", "weight": 1.0}
+    assert parse_lora("urn:air:sd1:lora:atrium:5:-.5") == {"air": "urn:air:sd1:lora:atrium:5", "weight": -0.5}
+    assert parse_size("512x768") == (512, 768)
+    with pytest.raises(InvalidInput, match="--size: '512' is not WIDTHxHEIGHT"):
+        parse_size("512")
+    assert output_paths(Path("out/a.png"), 1) == [Path("out/a.png")]
+    assert output_paths(Path("out/a.png"), 2) == [Path("out/a-0.png"), Path("out/a-1.png")]
