@@ -175,7 +175,7 @@ async def test_generation_through_the_api_with_loras_stored_linked_reproducible(
     cat, recorder = gen
     body = {"model": cat.checkpoint, "prompt": "a handwritten digit seven <lora:digitstyle_diffusers:0.5>",
             "negative": "blurry", "loras": [{"air": cat.kohya, "weight": 0.8}], "steps": STEPS, "cfg": 7.5,
-            "seed": 1234, "sampler": "Euler a", "batch": 2}
+            "seed": 1234, "sampler": "Euler a", "batch": 2, "nsfw_level": 2}
     job = await submit(cat, body)
     assert job["status"] == "succeeded", job
     images = job["result"]["images"]
@@ -207,6 +207,7 @@ async def test_generation_through_the_api_with_loras_stored_linked_reproducible(
         stored = await session.get(Image, image_id)
         links = (await session.exec(select(ImageResource).where(ImageResource.image_id == image_id))).all()
     assert stored is not None and stored.owner_id == (await node.accounts.get_user("painter")).id
+    assert stored.nsfw_level == 2  # the level the request asked to store at
     assert {link.version_id for link in links} == {cat.checkpoint_version, cat.kohya_version, cat.diffusers_version}
     response = await cat.api.call("GET", f"/api/node/v1/images/{image_id}/file")
     assert await response.read() == data
@@ -246,6 +247,7 @@ async def test_a_prompt_the_moderation_hook_rejects_never_runs(gen: Any) -> None
     prompt, negative, context = recorder.prompts[-1]
     assert (prompt, negative, context.purpose, context.user.username) == \
         ("a handwritten digit seven", "eight", "generate", "painter")
+    assert context.request["nsfw_level"] == 1 and context.request["model"] == cat.checkpoint
 
 
 async def test_an_image_the_check_fails_is_not_stored_and_the_job_fails(gen: Any) -> None:

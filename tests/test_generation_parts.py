@@ -75,7 +75,8 @@ def test_requests_are_checked_field_by_field_against_the_node_s_limits() -> None
              ({"init_image": 1, "denoising_strength": 0.01, "steps": 20}, "0.01 of 20 steps is less than one step"),
              ({"prompt": "x" * 10001}, "prompt: 10,001 characters; this node takes at most 10,000"),
              ({"negative": "a\x00b"}, "negative: must not contain NUL"),
-             ({"model": "urn:air:sd1:checkpoint:civitai:abc"}, "model: AIR")]
+             ({"model": "urn:air:sd1:checkpoint:civitai:abc"}, "model: AIR"),
+             ({"nsfw_level": 3}, "nsfw_level: one of 1, 2, 4, 8, 16")]
     for change, words in cases:
         with pytest.raises(InvalidInput) as caught:
             parse_request({"model": AIR, "prompt": "x", **change}, GenerationSettings(

@@ -111,7 +111,7 @@ async def prepare(node: Any, user: User, body: dict[str, Any]) -> dict[str, Any]
         "steps": request.steps, "cfg": request.cfg, "seed": request.seed, "batch": request.batch,
         "width": width, "height": height, "sampler": sampler, "clip_skip": clip_skip,
         "init_image": init_sha, "init_image_id": request.init_image,
-        "denoising_strength": request.denoising_strength,
+        "denoising_strength": request.denoising_strength, "nsfw_level": request.nsfw_level,
         "blobs": list(dict.fromkeys(blobs)),
     }
 
@@ -178,8 +178,9 @@ async def finish(node: Any, job: Any, output: JobOutput) -> dict[str, Any]:
             raise PolicyViolation(violations, f"generated image {file.name}")
         checked.append((file, data, labels))
     images = []
+    level = job.params.get("nsfw_level", 1)
     for file, data, labels in checked:
-        stored = await _store(node, owner, data)
+        stored = await _store(node, owner, data, level)
         images.append({**described.get(file.name, {"name": file.name}), "image_id": stored.id,
                        "url": f"/api/node/v1/images/{stored.id}/file",
                        "labels": [{"name": label.name, "score": label.score} for label in labels]})
@@ -199,7 +200,7 @@ def _open_png(data: bytes) -> tuple[Any, dict[str, Any]]:
     return image, {"parameters": text.get("parameters", ""), "resources": json.loads(text.get(CHUNK, "{}"))}
 
 
-async def _store(node: Any, owner: User, data: bytes) -> Image:
+async def _store(node: Any, owner: User, data: bytes, nsfw_level: int) -> Image:
     import hashlib
 
     digest = hashlib.sha256(data).hexdigest()
@@ -207,7 +208,7 @@ async def _store(node: Any, owner: User, data: bytes) -> Image:
         existing = (await session.exec(select(Image).where(Image.owner_id == owner.id, Image.sha256 == digest))).first()
     if existing is not None:
         return existing
-    return await node.ingest.add_image(owner, data)
+    return await node.ingest.add_image(owner, data, nsfw_level=nsfw_level)
 
 
 GENERATE = JobKind(name=KIND, run=run, prepare=prepare, finish=finish, gpu=True,

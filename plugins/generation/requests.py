@@ -25,9 +25,10 @@ SIDE_STEP = 8  # the VAE downsamples by 8: other sizes would be cut
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0
 DEFAULT_STRENGTH = 0.75
+LEVELS = (1, 2, 4, 8, 16)  # node.core.vocabulary.NsfwLevel without Blocked
 
 FIELDS = ("model", "prompt", "negative", "loras", "steps", "cfg", "seed", "width", "height", "sampler",
-          "schedule_type", "clip_skip", "batch", "init_image", "denoising_strength")
+          "schedule_type", "clip_skip", "batch", "init_image", "denoising_strength", "nsfw_level")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class GenerationRequest:
     batch: int = 1
     init_image: int | None = None
     denoising_strength: float | None = None
+    nsfw_level: int = 1  # the content level the images are stored at in the catalog
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,9 +109,13 @@ def parse_request(body: Any, settings: GenerationSettings) -> GenerationRequest:
                                "either")
     elif strength is not None:
         raise InvalidInput("denoising_strength: only for image-to-image (give init_image, a catalog image id)")
+    level = body.get("nsfw_level", 1)
+    if isinstance(level, bool) or level not in LEVELS:
+        raise InvalidInput(f"nsfw_level: one of {', '.join(map(str, LEVELS))} (PG, PG-13, R, X, XXX): the content "
+                           "level the images are stored at")
     return GenerationRequest(model=model, prompt=prompt, negative=negative, loras=loras, steps=steps, cfg=cfg,
                              seed=seed, width=width, height=height, sampler=sampler, clip_skip=clip_skip,
-                             batch=batch, init_image=init_image, denoising_strength=strength)
+                             batch=batch, init_image=init_image, denoising_strength=strength, nsfw_level=level)
 
 
 def _air(value: Any, name: str) -> str:
