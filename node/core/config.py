@@ -208,6 +208,21 @@ class SwarmSection:
                         "every peer that fetched a file through this node.")
 
 
+@dataclass
+class LedgerSection:
+    """The node's currency: grants and limits (docs/bounties.md)."""
+
+    currency_name: str = key("coin", "Name of the node-local currency, shown beside amounts.")
+    currency_symbol: str = key("¤", "Symbol of the currency, shown beside amounts.")
+    signup_grant: int = key(0, "Amount every user receives once, when their ledger account opens (at their "
+                            "first ledger request: a balance, a tip, a bounty). 0: none.", minimum=0,
+                            maximum=1_000_000_000_000)
+    daily_grant: int = key(0, "Amount a user may claim once per UTC day with POST /api/node/v1/ledger/daily "
+                           "(`atrium ledger daily`). 0: no daily grant.", minimum=0, maximum=1_000_000_000_000)
+    max_amount: int = key(1_000_000_000, "Largest amount one transfer, tip, grant or bounty contribution may "
+                          "move; larger amounts are refused with 400.", minimum=1, maximum=1_000_000_000_000)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection,
     "http": HttpSection,
@@ -219,6 +234,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "federation": FederationSection,
     "swarm": SwarmSection,
+    "ledger": LedgerSection,
     "plugins": PluginsSection,
 }
 
@@ -238,6 +254,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     federation: FederationSection = field(default_factory=FederationSection)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -20,6 +20,7 @@ from node.core.db import Database
 from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
+from node.core.ledger import Ledger
 from node.core.plugins import PluginHost
 from node.core.swarm import Swarm, clean_fetch_dirs
 
@@ -44,6 +45,7 @@ class Node:
     ingest: Ingest
     distribution: Distribution
     swarm: Swarm
+    ledger: Ledger
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     version: str = __version__
 
@@ -95,7 +97,8 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     distribution = Distribution(db, blobs, identity, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
-                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution))
+                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
+                ledger=Ledger(db, config.ledger))
     try:
         if migrate:
             status = await db.upgrade()

@@ -456,3 +456,8 @@ class UserPreference(SQLModel, table=True):
 
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
     browsing_level: int = Field(default=1)
+
+
+# The ledger's and the bounties' tables live in modules of their own but belong to this one metadata
+# (imported last: they build on the helpers above).
+from node.core import bounty_tables, ledger_tables  # noqa: E402,F401
