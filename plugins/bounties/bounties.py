@@ -207,11 +207,13 @@ class Bounties:
         fp = fingerprint("bounty.contribute", bounty_id, amount)
 
         async def work(session: AsyncSession) -> Receipt:
+            # The replay check comes after the bounty's lock: a concurrent twin that holds it may be about
+            # to commit this very key.
+            bounty = await self._locked(session, bounty_id)
             replay = await self.ledger.find(session, actor, idempotency_key, fp)
             if replay is not None:
                 return replay
             at = now or utcnow()
-            bounty = await self._locked(session, bounty_id)
             if bounty.state != "open" or at >= bounty.expires_at:
                 raise Conflict(f"bounty {bounty_id} is closed to contributions", code="bounty_closed")
             share = await session.get(BountyBenefactor, (bounty_id, user.id))
@@ -278,10 +280,10 @@ class Bounties:
         fp = fingerprint("bounty.award", bounty_id, entry_id)
 
         async def work(session: AsyncSession) -> Receipt:
+            bounty = await self._locked(session, bounty_id)  # before the replay check, as in `contribute`
             replay = await self.ledger.find(session, actor, idempotency_key, fp)
             if replay is not None:
                 return replay
-            bounty = await self._locked(session, bounty_id)
             if bounty.state != "open":
                 raise Conflict(f"bounty {bounty_id} is closed", code="bounty_closed")
             entry = await session.get(BountyEntry, entry_id)
