@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
@@ -269,16 +269,19 @@ class Ledger:
                     raise NotFound(f"no ledger account {account_id}")
                 raise InsufficientFunds(f"the balance of {key} is lower than {-amount:,}")
             applied[account_id] = (row[0], row[1])
+        # Core INSERTs rather than the ORM's unit of work: a transfer is on the hot path, and each
+        # statement is a round trip (to aiosqlite's thread, or to PostgreSQL).
         txn = LedgerTransaction(type=type.value, actor=actor.key, idempotency_key=idempotency_key,
                                 fingerprint=fingerprint, reason=reason, subject=subject,
-                                amount=sum(a for a in deltas.values() if a > 0))
-        session.add(txn)
-        await session.flush()
-        rows = [LedgerPosting(transaction_id=txn.id, account_id=account_id, amount=deltas[account_id],
-                              balance_after=applied[account_id][1]) for account_id in sorted(deltas)]
-        session.add_all(rows)
-        await session.flush()
-        return Receipt(txn, [(applied[r.account_id][0], r.amount) for r in rows])
+                                amount=sum(a for a in deltas.values() if a > 0), created_at=utcnow())
+        values = txn.model_dump(exclude={"id"})
+        txn.id = (await session.exec(insert(LedgerTransaction).values(**values)  # type: ignore[call-overload]
+                                     .returning(LedgerTransaction.id))).scalar_one()
+        order = sorted(deltas)
+        await session.exec(insert(LedgerPosting), params=[  # type: ignore[call-overload]
+            {"transaction_id": txn.id, "account_id": account_id, "amount": deltas[account_id],
+             "balance_after": applied[account_id][1]} for account_id in order])
+        return Receipt(txn, [(applied[account_id][0], deltas[account_id]) for account_id in order])
 
     async def transfer(self, *, type: TxType, actor: Actor, postings: Callable[[AsyncSession], Awaitable[dict[int, int]]],
                        fingerprint: str, reason: str = "", subject: str | None = None,
@@ -296,13 +299,17 @@ class Ledger:
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def _user_id(self, session: AsyncSession, username: str) -> int:
+    async def named_account(self, session: AsyncSession, username: str) -> int:
+        """The account id of the user named `username` (opened on first use); NotFound for no such user."""
         if not isinstance(username, str) or not username or len(username) > 64:
             raise InvalidInput("username must be a user's name")
-        user_id = (await session.exec(select(User.id).where(User.username_key == username.lower()))).first()
-        if user_id is None:
+        row = (await session.exec(select(User.id, LedgerAccount.id)
+                                  .outerjoin(LedgerAccount, col(LedgerAccount.user_id) == col(User.id))
+                                  .where(User.username_key == username.lower()))).first()
+        if row is None:
             raise NotFound(f"no user named {username!r}")
-        return user_id
+        user_id, account_id = row
+        return account_id if account_id is not None else await self.user_account(session, user_id)
 
     async def grant(self, username: str, amount: int, *, actor: Actor, reason: str = "",
                     idempotency_key: str | None = None) -> Receipt:
@@ -312,7 +319,7 @@ class Ledger:
         idempotency_key = check_idempotency_key(idempotency_key)
 
         async def postings(session: AsyncSession) -> dict[int, int]:
-            account = await self.user_account(session, await self._user_id(session, username))
+            account = await self.named_account(session, username)
             return {await self.system_account(session, MINT, "mint"): -amount, account: amount}
 
         return await self.transfer(type=TxType.GRANT, actor=actor, postings=postings, reason=reason or "grant",
@@ -331,7 +338,7 @@ class Ledger:
             raise InvalidInput("you cannot tip yourself")
 
         async def postings(session: AsyncSession) -> dict[int, int]:
-            to = await self.user_account(session, await self._user_id(session, recipient))
+            to = await self.named_account(session, recipient)
             return {await self.user_account(session, sender.id): -amount, to: amount}  # type: ignore[arg-type]
 
         return await self.transfer(type=TxType.TIP, actor=Actor.of(sender), postings=postings, reason=reason,
