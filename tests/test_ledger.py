@@ -229,3 +229,45 @@ async def test_ledger_routes_need_a_token_and_keep_balances_private(api: Api) ->
     bad_key = await api.call("POST", "/api/node/v1/ledger/tips", alice, json={"to": "bobby", "amount": 1},
                              headers={"Idempotency-Key": "has space"})
     assert bad_key.status == 400 and "Idempotency-Key" in (await bad_key.json())["detail"]
+
+
+class _Orig(Exception):
+    def __init__(self, text: str, sqlstate: str | None = None) -> None:
+        super().__init__(text)
+        self.sqlstate = sqlstate
+
+
+def test_lost_races_are_retried_and_other_database_errors_are_not() -> None:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    from node.core.ledger import is_retryable
+
+    assert is_retryable(DBAPIError("UPDATE", {}, _Orig("deadlock detected", "40P01")))
+    assert is_retryable(DBAPIError("UPDATE", {}, _Orig("could not serialize access", "40001")))
+    assert is_retryable(OperationalError("BEGIN IMMEDIATE", {}, _Orig("database is locked")))
+    assert is_retryable(IntegrityError("INSERT", {}, _Orig('duplicate key value violates unique constraint '
+                                                           '"uq_ledger_transactions_actor_key"', "23505")))
+    assert not is_retryable(IntegrityError("UPDATE", {}, _Orig("violates check constraint", "23514")))
+    assert not is_retryable(DBAPIError("SELECT", {}, _Orig("syntax error", "42601")))
+
+
+async def test_a_transaction_that_keeps_losing_races_gets_429_not_500(books: Books) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from node.core.errors import RateLimited
+
+    calls = []
+
+    async def flaky(session: object) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("BEGIN IMMEDIATE", {}, _Orig("database is locked"))
+        return "done"
+
+    assert await books.ledger.run(flaky) == "done" and len(calls) == 3
+
+    async def hopeless(session: object) -> str:
+        raise OperationalError("BEGIN IMMEDIATE", {}, _Orig("database is locked"))
+
+    with pytest.raises(RateLimited, match="busy"):
+        await books.ledger.run(hopeless)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, insert, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -181,6 +182,10 @@ class Ledger:
                     result = await work(session)
                     await session.commit()
                 return result
+            except PoolTimeout:
+                # Every pooled connection stayed busy for the pool's timeout: the node is overloaded.
+                raise RateLimited("the node's database connections are all busy; try again in a moment",
+                                  retry_after=1) from None
             except DBAPIError as exc:
                 if not is_retryable(exc):
                     raise
