@@ -100,6 +100,7 @@ async def test_a_bounty_from_creation_to_award_over_http(bapi: Api) -> None:
 
 @pytest.mark.parametrize(("method", "path", "body", "status", "message"), [
     ("POST", "/api/node/v1/bounties", {"name": "x", "amount": 5, "expires": "someday"}, 400, "expires"),
+    ("POST", "/api/node/v1/bounties", {"name": "x", "amount": 5, "expires": "9999-12-31"}, 400, "expires"),
     ("POST", "/api/node/v1/bounties", {"name": "x", "amount": 5.5, "expires": FUTURE}, 400, "whole number"),
     ("POST", "/api/node/v1/bounties", {"name": "x", "amount": 5, "expires": "2000-01-01"}, 400, "future"),
     ("POST", "/api/node/v1/bounties", {"name": "x", "amount": 5000, "expires": FUTURE}, 409, "lower than"),

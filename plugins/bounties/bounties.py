@@ -510,7 +510,7 @@ def parse_expiry(text: Any) -> datetime:
         if _DATE_RE.match(text):
             return datetime.fromisoformat(text).replace(tzinfo=UTC) + timedelta(days=1)
         value = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: the day after 9999-12-31
         raise InvalidInput(f"expires: {text!r} is not a date YYYY-MM-DD or an ISO 8601 time") from None
     if value.tzinfo is None:
         raise InvalidInput("expires: give the time zone, e.g. 2026-12-01T12:00:00+00:00")
