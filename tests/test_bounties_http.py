@@ -20,7 +20,8 @@ from node.core.config import Config
 from node.core.plugins import PluginHost
 from node.core.tables import Role
 from plugins.bounties import service_for
-from tests.conftest import Api
+from plugins.bounties.bounties import NewBounty
+from tests.conftest import Api, wait_for
 from tests.ledger_fixtures import Books
 
 CLIENTS = 32
@@ -173,3 +174,30 @@ async def test_32_concurrent_clients_hammer_one_bounty_and_the_books_still_balan
     total = sum([(await (await bapi.call("GET", "/api/node/v1/ledger/balance", t)).json())["balance"]
                  for t in [creator, *tokens]])
     assert total + view["pool"] == 1000 + CLIENTS * 60
+
+
+async def test_the_expiry_job_started_with_the_node_closes_due_bounties(sqlite_config: Config,
+                                                                        aiohttp_client: Any) -> None:
+    sqlite_config.plugin_tables = {"bounties": {"expiry_check_seconds": 1, "grace_days": 0}}
+    app = create_app(sqlite_config, migrate=True, plugins=bounties_host())
+    api = Api(client=await aiohttp_client(app), app=app)
+    admin = await api.user("admin1", Role.ADMIN)
+    await api.user("alice")
+    await fund(api, admin, "alice", 100)
+    node = api.node
+    alice = await node.accounts.get_user("alice")
+    # Made "two days ago" so that it is already due; the job, not the test, must notice.
+    past = datetime.now(UTC) - timedelta(days=2)
+    bounty, _ = await service_for(node).create(alice, NewBounty(name="late", amount=40, expires_at=past + timedelta(days=1)),
+                                               now=past)
+
+    async def refunded() -> bool:
+        shown = await (await api.call("GET", f"/api/node/v1/bounties/{bounty.id}")).json()
+        return shown["state"] == "refunded"
+
+    await wait_for(refunded, timeout=15)
+    assert (await (await api.call("GET", "/api/node/v1/ledger/balance", admin)).json())["balance"] == 0
+    assert await node.ledger.balance(alice.id) == 100
+    closed = await api.call("POST", "/api/node/v1/bounties/expire", admin)
+    assert (await closed.json())["closed"] == []  # closing again changes nothing
+    await books_of(api).assert_books_balance()
