@@ -132,6 +132,7 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 
 def check_reason(reason: Any) -> str:
+    """A transaction's reason: text of at most REASON_MAX characters, trimmed."""
     if not isinstance(reason, str):
         raise InvalidInput("reason must be text")
     if len(reason) > REASON_MAX:
@@ -159,6 +160,7 @@ def is_retryable(exc: DBAPIError) -> bool:
 
 
 def user_account_key(user_id: int) -> str:
+    """The key of a user's ledger account."""
     return f"user:{user_id}"
 
 
@@ -385,12 +387,6 @@ class Ledger:
             return found
         return await self.run(work)
 
-    async def account_balance(self, key: str) -> int:
-        """The balance of any account by key (0 when it was never opened)."""
-        async with self.db.read_session() as session:
-            found = (await session.exec(select(LedgerAccount.balance).where(LedgerAccount.key == key))).first()
-        return found or 0
-
     async def history(self, user_id: int, *, before: int | None = None,
                       limit: int = 50) -> tuple[list[dict[str, Any]], int | None]:
         """A user's postings, newest first, `limit` at a time; the cursor for the next page (or None)."""
@@ -423,4 +419,5 @@ class Ledger:
                       negative_accounts=int(negative), by_kind=by_kind)
 
     def currency(self) -> dict[str, str]:
+        """The currency's name and symbol, as API answers show them."""
         return {"name": self.settings.currency_name, "symbol": self.settings.currency_symbol}
