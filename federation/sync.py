@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -42,7 +43,7 @@ from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
 from node.core.errors import InvalidInput
-from node.core.tables import LogEntry, LogHead, Peer, RemoteModel, UTCDateTime, utcnow
+from node.core.tables import LogEntry, LogHead, Peer, RemoteFile, RemoteModel, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class Syncer:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self.applied = asyncio.Condition()  # notified after each applied batch (tests and the bench wait on it)
+        # Called as callback(origin, model_ids) after a batch that touched these models is committed
+        # (the mirroring policy drops copies of files that are gone); must not block.
+        self.on_applied: list[Callable[[str, set[int]], None]] = []
 
     async def open(self) -> None:
         """Open the HTTP client the pullers share (run() does it; a bench or a test may call
@@ -269,8 +273,19 @@ class Syncer:
                        if kind not in REMOVING_KINDS and model.get("status") == "Published"]
             if present:
                 await bulk_insert(session, RemoteModel.__table__, present)  # type: ignore[attr-defined]
+            if latest:
+                await bulk_delete(session, RemoteFile.__table__, ("origin", "model_id"),  # type: ignore[attr-defined]
+                                  [(origin, remote_id) for remote_id in latest])
+            files = [row for model in present for row in remote_file_rows(origin, model["remote_id"], model["versions"])]
+            if files:
+                await bulk_insert(session, RemoteFile.__table__, files)  # type: ignore[attr-defined]
             await session.commit()
         log.info("applied %d entries of %s (now at %d)", len(rows), origin, rows[-1]["seq"])
+        for callback in self.on_applied:
+            try:
+                callback(origin, set(latest))
+            except Exception:  # a listener's bug must not undo or stop syncing
+                log.exception("a listener of applied entries failed")
         self.own.notify_changed()  # our followers may be waiting for what we relay
         async with self.applied:
             self.applied.notify_all()
@@ -456,4 +471,22 @@ def _remote_model(origin: str, origin_name: str | None, origin_url: str | None, 
             "versions": [v for v in versions if isinstance(v, dict)], "seq": seq, "updated_at": utcnow()}
 
 
-__all__ = ["PeerError", "Syncer"]
+def remote_file_rows(origin: str, model_id: int, versions: list[Any]) -> list[dict[str, Any]]:
+    """Rows of `remote_files` for the files of a remote model's published versions (malformed ones skipped)."""
+    rows = []
+    for version in versions:
+        if not isinstance(version, dict) or not isinstance(version.get("id"), int):
+            continue
+        for f in version.get("files") or []:
+            if not (isinstance(f, dict) and isinstance(f.get("id"), int) and isinstance(f.get("sha256"), str)):
+                continue
+            rows.append({"origin": origin, "file_id": f["id"], "model_id": model_id, "version_id": version["id"],
+                         "version_name": str(version.get("name") or "")[:255],
+                         "base_model": str(version.get("baseModel") or "")[:64],
+                         "air": str(version.get("air") or "")[:512], "name": str(f.get("name") or "")[:255],
+                         "size": f["size"] if isinstance(f.get("size"), int) else 0,
+                         "sha256": f["sha256"].lower()[:64], "primary": bool(f.get("primary"))})
+    return rows
+
+
+__all__ = ["PeerError", "Syncer", "remote_file_rows"]

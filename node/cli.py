@@ -649,10 +649,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                 version = model["modelVersions"][0]
             else:
                 version = await node.resolve_air(target)
-                try:
-                    model = await _model_as_seen(node, version["modelId"])
-                except NodeError:
-                    model = None  # a draft seen through someone else's eyes: the version is all we get
+                model = None  # a followed node's version, or a draft seen through someone else's eyes
+                if "origin" not in version:
+                    try:
+                        model = await _model_as_seen(node, version["modelId"])
+                    except NodeError:
+                        pass
         if args.json:
             out(json.dumps({"model": model, "version": version}, indent=2, ensure_ascii=False))
             return 0
@@ -681,6 +683,8 @@ def _print_summary(model: Any, version: Any) -> None:
     rows = [("model", str(version["modelId"]) + (f", {model['status']}" if model and model.get("status") else "")),
             ("creator", model["creator"]["username"] if model else "-"),
             ("version", f"{version['name']} ({version['id']}), {version['status']}"),
+            *([("origin", f"{version['origin']['name']} ({version['origin']['url'] or version['origin']['id']})")]
+              if version.get("origin") else []),
             ("base model", version.get("baseModel") or "-"),
             ("trigger words", ", ".join(version.get("trainedWords") or []) or "-")]
     if model:
@@ -1045,11 +1049,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers-only", action="store_true",
                    help="download only from BitTorrent peers, not from the node's web seed (HTTP)")
 
+    from node.cli_mirror import add_commands as add_mirror_commands  # here: it imports node.cli
+
+    add_mirror_commands(sub, common, remote)
+
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")
     p.add_argument("--manifest", required=True, metavar="FILE",
                    help="the manifest (GET /api/node/v1/versions/ID/manifest)")
     p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
+
+    from node.cli_jobs import add_commands as add_job_commands  # here: node.cli_jobs imports node.cli
+
+    add_job_commands(sub, common, remote)
 
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

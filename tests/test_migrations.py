@@ -85,3 +85,27 @@ async def test_an_unreachable_postgresql_is_a_config_error_naming_database_url()
             await db.schema_status()
     finally:
         await db.close()
+
+
+async def test_models_mirrored_before_0011_get_their_files_indexed(database_url: str, tmp_path: Path) -> None:
+    import json
+
+    db = Database(async_database_url(database_url, tmp_path))
+    try:
+        await db.upgrade("0010")
+        versions = [{"id": 7, "name": "v1", "baseModel": "SD 1.5", "air": "urn:air:sd1:lora:a:3@7",
+                     "files": [{"id": 9, "name": "cats.safetensors", "size": 1024, "primary": True, "sha256": "AB" * 32},
+                               {"id": "bad"}]},
+                    "not a version"]
+        async with db.engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO remote_models (origin, remote_id, origin_name, name, type, description, nsfw_level,"
+                " tags, versions, seq, updated_at) VALUES ('z6Mkorigin', 3, 'a', 'Cats', 'LORA', '', 1, '[]',"
+                " :versions, 5, CURRENT_TIMESTAMP)"), {"versions": json.dumps(versions)})
+        await db.upgrade()
+        async with db.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT origin, file_id, model_id, version_id, base_model, sha256, size,"
+                                            " \"primary\" FROM remote_files"))).all()
+        assert [tuple(r) for r in rows] == [("z6Mkorigin", 9, 3, 7, "SD 1.5", "ab" * 32, 1024, True)]
+    finally:
+        await db.close()

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from node.api.auth import public
 from node.api.bodies import int_param, read_json
+from node.api.followed import (FOLLOWED_CURSOR, continue_with_followed, followed_page,
+                               followed_versions_by_hash, remote_applies, wants_followed)
 from node.api.keys import NODE
 from node.core.catalog import version_air
 from node.core.errors import InvalidInput, NotFound
@@ -259,6 +261,12 @@ def model_query(request: web.Request) -> ModelQuery:
     )
 
 
+def q_offset(text: str) -> int:
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidInput(f"cursor: not a cursor this node gave ({FOLLOWED_CURSOR}{text[:20]})")
+    return int(text)
+
+
 def page_metadata(request: web.Request, q: Any, next_cursor: str | None, total: int | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"pageSize": q.limit}
     if q.page is not None:
@@ -312,12 +320,22 @@ async def list_models(request: web.Request) -> web.Response:
     node = request.app[NODE]
     q = model_query(request)
 
+    followed = wants_followed(request, q_bool(request, "followed")) and remote_applies(q)
+    primary_only = q_bool(request, "primaryFileOnly") or False
+
     async def answer() -> dict[str, Any]:
+        if followed and q.cursor is not None and q.cursor.startswith(FOLLOWED_CURSOR):
+            offset = q_offset(q.cursor[len(FOLLOWED_CURSOR):])
+            items, next_cursor = await followed_page(request, q, offset, primary_only)
+            return {"items": items, "metadata": page_metadata(request, q, next_cursor, None)}
         page = await find_models(node.db, q)
         records = await load_models(node.db, page.ids, image_levels=q.browsing_level)
-        primary_only = q_bool(request, "primaryFileOnly") or False
-        return {"items": [model_json(request, r, primary_file_only=primary_only) for r in records],
-                "metadata": page_metadata(request, q, page.next_cursor, page.total)}
+        items = [model_json(request, r, primary_file_only=primary_only) for r in records]
+        next_cursor, total = page.next_cursor, page.total
+        if followed:
+            items, next_cursor, total = await continue_with_followed(request, q, items, next_cursor, total,
+                                                                     primary_only)
+        return {"items": items, "metadata": page_metadata(request, q, next_cursor, total)}
 
     if q.period != Period.ALL_TIME:
         # The answer changes as time passes, not only with writes: never cached.
@@ -361,11 +379,18 @@ async def version_by_hash(request: web.Request) -> web.Response:
     node = request.app[NODE]
     text = request.match_info["hash"]
 
+    followed = wants_followed(request, q_bool(request, "followed"))
+
     async def answer() -> dict[str, Any]:
         found = await versions_by_hashes(node.db, [text])
-        if not found:
-            raise NotFound(f"no model version has a file with hash {text!r}")
-        return await _published_version(request, found[0])
+        if found:
+            return await _published_version(request, found[0])
+        if followed:
+            remote = await followed_versions_by_hash(request, [text])
+            if remote:
+                return remote[0]
+        raise NotFound(f"no model version has a file with hash {text!r}"
+                       + (" here or on the nodes this node follows" if followed else ""))
 
     return await cached_json(request, answer)
 
@@ -386,6 +411,10 @@ async def versions_by_hash(request: web.Request) -> web.Response:
             items.append(await _published_version(request, version_id))
         except NotFound:
             continue
+    if wants_followed(request, q_bool(request, "followed")):
+        known = {f["hashes"]["SHA256"].lower() for item in items for f in item["files"] if "SHA256" in f["hashes"]}
+        missing = [h for h in hashes if not any(k.startswith(h.lower()) for k in known)]
+        items.extend(await followed_versions_by_hash(request, missing))
     return web.json_response(items)
 
 

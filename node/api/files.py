@@ -13,6 +13,7 @@ from pydantic import Field
 from node.api.auth import current_user, optional_user, requires
 from node.api.bodies import Body, int_param, read_body
 from node.api.civitai import file_json, image_json, version_json
+from node.api.followed import remote_version_json
 from node.api.keys import NODE
 from node.core.air import Air
 from node.core.errors import Forbidden, InvalidInput, NotFound, TooLarge, Unauthenticated
@@ -243,10 +244,10 @@ async def resolve_air(request: web.Request) -> web.Response:
     """The model version an AIR names (on this node)."""
     node = request.app[NODE]
     air = Air.parse(request.match_info["air"])
-    if air.source != node.name:
-        raise NotFound(f"{air} names a resource on {air.source!r}; this node is {node.name!r}")
     if not air.id.isdigit() or (air.version is not None and not air.version.isdigit()):
-        raise NotFound(f"no resource {air} on this node")
+        raise NotFound(f"no resource {air} on this node or the nodes it follows")
+    if air.source != node.name:
+        return await _resolve_followed(request, air)
     user = await optional_user(request)
     if air.version is None:
         model = await node.catalog.visible_model(user, int(air.id))
@@ -260,6 +261,21 @@ async def resolve_air(request: web.Request) -> web.Response:
         raise NotFound(f"no published version of model {air.id}")
     record, model = found[0]
     return web.json_response(version_json(request, record, model, with_model=True))
+
+
+async def _resolve_followed(request: web.Request, air: Air) -> web.Response:
+    """An AIR whose source is another node: the version as that node's signed log describes it, when this
+    node follows it (docs/federation.md)."""
+    node = request.app[NODE]
+    found = None
+    if node.federation is not None:
+        found = await node.federation.mirror.resolve(air.source, int(air.id),
+                                                     int(air.version) if air.version is not None else None)
+    if found is None:
+        raise NotFound(f"{air} names a resource on {air.source!r}, which this node ({node.name!r}) does not "
+                       "follow or whose log does not list it")
+    model, version = found
+    return web.json_response(remote_version_json(model, version, with_model=True))
 
 
 __all__ = ["routes", "check_filename"]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from node.api.bodies import int_param
 from node.api.keys import NODE
+from node.api.followed import remote_query
 from node.core.errors import InvalidInput, NotFound
 from node.core.records import ImageRecord, ModelRecord, image_resources, load_images, load_models, load_versions
 from node.core.search import ImageQuery, ModelQuery, find_images, find_models
@@ -27,6 +28,7 @@ routes = web.RouteTableDef()
 HOME_IMAGES = 12
 HOME_MODELS = 8
 LIST_MODELS = 24
+LIST_FOLLOWED = 12  # followed nodes' models under a search's first page
 REVIEWS_SHOWN = 20
 # The home page's most-liked images are the month's most reacted (all time on a quiet node); ranking them
 # sorts every candidate image (a second on 200,000), so the answer is kept this long per browsing level,
@@ -179,13 +181,34 @@ async def models(request: web.Request) -> web.Response:
                    tag=tag or None, types=[type_.value] if type_ else [], base_models=[base_model] if base_model else [],
                    sort=sort, period=period, browsing_level=levels)
     found, next_cursor = await model_cards(request, q) if levels else ([], None)
+    with_followed = _followed_flag(request)
+    followed = await followed_cards(request, q) if with_followed and levels and not q.cursor else []
     filters = {k: v for k, v in (("query", query), ("type", type_.value if type_ else ""), ("base_model", base_model),
                                  ("tag", tag), ("sort", sort.value), ("period", period.value),
-                                 ("level", nsfw_text)) if v}
+                                 ("level", nsfw_text), ("followed", "on" if with_followed else "off")) if v}
     return render(request, "models.html", {
         "cards": found, "next_cursor": next_cursor, "filters": filters, "query": query,
+        "followed": followed, "with_followed": with_followed,
         "model_types": [t.value for t in ModelType], "base_models": BASE_MODELS,
         "sorts": [s.value for s in ModelSort], "periods": [p.value for p in Period]})
+
+
+def _followed_flag(request: web.Request) -> bool:
+    node = request.app[NODE]
+    # The form sends a hidden "off" before its checkbox's "on": the last value is the visitor's choice.
+    text = (request.query.getall("followed", []) or [""])[-1].lower()
+    if text not in ("", "1", "on", "true", "0", "off", "false"):
+        raise InvalidInput("followed: on or off")
+    flag = text in ("1", "on", "true") if text else node.config.federation.api_includes_followed
+    return flag and node.federation is not None
+
+
+async def followed_cards(request: web.Request, q: ModelQuery) -> list[Any]:
+    """The first followed nodes' models matching a search (the mirrored index; docs/federation.md)."""
+    if q.period != Period.ALL_TIME:
+        return []
+    page = await request.app[NODE].federation.mirror.find(remote_query(q), limit=LIST_FOLLOWED)
+    return page.rows
 
 
 async def showcase(db: Any, record: ModelRecord, chosen: Any) -> list[ImageRecord]:
