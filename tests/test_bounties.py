@@ -18,10 +18,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from sqlmodel import select
 
+from node.core.catalog import VersionChanges
 from node.core.errors import AtriumError, Conflict, Forbidden, InvalidInput
 from node.core.ledger import OPERATOR, InsufficientFunds
 from node.core.ledger_tables import LedgerTransaction
-from node.core.tables import User
+from node.core.tables import Role, User
 from plugins.bounties.bounties import NewBounty, parse_expiry, split_by_weight
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.ledger_fixtures import Books, open_books
@@ -137,6 +138,14 @@ async def test_entries_follow_the_entry_mode_the_limit_and_ownership(books: Book
     await books.bounties.enter(bob, bounty.id, image_id=await books.image(bob), now=NOW)  # type: ignore[arg-type]
     with pytest.raises(Conflict, match="limit per user"):
         await books.bounties.enter(bob, bounty.id, image_id=await books.image(bob), now=NOW)  # type: ignore[arg-type]
+    open_bounty, _ = await books.bounties.create(alice, spec(10), now=NOW)
+    creator = await books.user("maker", Role.CREATOR)
+    model = await books.catalog.create_model(creator, name="Empty", type="LORA")
+    version = await books.catalog.create_version(creator, model.id, VersionChanges(name="v1", base_model="SD 1.5"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="is not a version of yours"):
+        await books.bounties.enter(carol, open_bounty.id, version_id=version.id, now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="has no files yet"):
+        await books.bounties.enter(creator, open_bounty.id, version_id=version.id, now=NOW)  # type: ignore[arg-type]
     with pytest.raises(Conflict, match="takes no more entries"):
         await books.bounties.enter(alice, bounty.id, image_id=await books.image(alice),  # type: ignore[arg-type]
                                    now=NOW + timedelta(days=8))

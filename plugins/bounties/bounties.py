@@ -36,7 +36,7 @@ from node.core.config import key
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.core.ledger import SYSTEM, Actor, Ledger, Receipt, TxType, check_amount, check_idempotency_key, fingerprint
 from node.core.ledger_tables import LedgerAccount
-from node.core.tables import Image, Model, ModelVersion, User, utcnow
+from node.core.tables import Image, Model, ModelFile, ModelVersion, User, utcnow
 
 BOUNTY_TYPES = ("ModelCreation", "LoraCreation", "EmbedCreation", "DataSetCreation", "DataSetCaption",
                 "ImageCreation", "Other")
@@ -265,6 +265,10 @@ class Bounties:
                     ModelVersion, col(ModelVersion.model_id) == col(Model.id)).where(ModelVersion.id == version_id))).first()
                 if owner != user.id:
                     raise InvalidInput(f"model version {version_id} is not a version of yours")
+                files = (await session.exec(select(func.count()).select_from(ModelFile)
+                                            .where(ModelFile.version_id == version_id))).one()
+                if not files:
+                    raise InvalidInput(f"model version {version_id} has no files yet: upload them first")
             entry = BountyEntry(bounty_id=bounty_id, user_id=user.id, image_id=image_id, version_id=version_id,  # type: ignore[arg-type]
                                 note=note.strip(), created_at=at)
             session.add(entry)
