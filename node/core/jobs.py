@@ -32,14 +32,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, update
+from sqlalchemy import case, func, literal, update
 from sqlmodel import col, select
 
 from node.core.config import Config
 from node.core.db import Database
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound, PluginLoadError, RateLimited, TooLarge
 from node.core.files import _fsync_dir
-from node.core.tables import Job, Role, User, utcnow
+from node.core.tables import Job, Role, User, UTCDateTime, utcnow
 from node.core.workers import WorkerTokens
 
 if TYPE_CHECKING:
@@ -291,6 +291,7 @@ class Jobs:
         self._last_retention = 0.0
         self.runner: Any = None
         self.worker_tokens = WorkerTokens(db)
+        self._stopping = asyncio.Event()
 
     @property
     def lease_seconds(self) -> float:
@@ -315,8 +316,7 @@ class Jobs:
         if self.runner is not None:
             await self.runner.close()
             self.runner = None
-        for task in self._tasks:
-            task.cancel()
+        self._stopping.set()  # the sweeper ends between rounds, never in the middle of a write
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -351,12 +351,15 @@ class Jobs:
         exempt = Role(owner.role).includes(Role.ADMIN)
         async with self.db.session() as session:
             if not exempt:
+                count = (select(func.count()).select_from(Job).where(
+                    Job.owner_id == owner.id, col(Job.status).in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]))
+                    .scalar_subquery())
+                query = select(count).where(User.id == owner.id)
                 if self.db.dialect == "postgresql":
-                    # Serialise one user's submissions, so two at once cannot both pass the limit.
-                    await session.exec(select(User.id).where(User.id == owner.id).with_for_update())
-                queued = (await session.exec(select(func.count()).select_from(Job).where(
-                    Job.owner_id == owner.id,
-                    col(Job.status).in_([JobStatus.PENDING.value, JobStatus.RUNNING.value])))).one()
+                    # Lock the owner's row: two submissions of one user at once cannot both pass the limit.
+                    # (SQLite: the session holds the database's write lock from BEGIN.)
+                    query = query.with_for_update(of=User)  # type: ignore[arg-type]
+                queued = (await session.exec(query)).one()
                 if queued >= limit:
                     raise RateLimited(f"you have {queued} jobs pending or running, the most this node allows "
                                       f"per user ([jobs] max_queued_per_user = {limit}); wait for one to finish "
@@ -364,8 +367,7 @@ class Jobs:
             job = Job(kind=kind, owner_id=owner.id, status=JobStatus.PENDING.value, params=prepared,
                       max_attempts=job_kind.max_attempts or self.settings.max_attempts, gpu=job_kind.gpu)
             session.add(job)
-            await session.commit()
-            await session.refresh(job)
+            await session.commit()  # every column is set here, none by the database: no refresh needed
         self.wake.set()
         self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
         return job
@@ -491,28 +493,24 @@ class Jobs:
             return None
         lease = secrets.token_urlsafe(32)
         now = utcnow()
+        # One statement: pick the oldest pending job (PostgreSQL: skipping rows other claims hold) and
+        # take it. On SQLite the session holds the write lock from BEGIN, so no other claim interleaves.
+        oldest = (select(Job.id).where(Job.status == JobStatus.PENDING.value, col(Job.kind).in_(kinds))
+                  .order_by(col(Job.id)).limit(1))
+        if self.db.dialect == "postgresql":
+            oldest = oldest.with_for_update(skip_locked=True)
+        take = (update(Job).where(col(Job.id) == oldest.scalar_subquery()).values(
+            status=JobStatus.RUNNING.value, attempts=col(Job.attempts) + 1, lease_hash=hash_lease(lease),
+            worker=worker[:100], device=device[:32], heartbeat_at=now,
+            lease_until=now + timedelta(seconds=self.lease_seconds),
+            started_at=func.coalesce(col(Job.started_at), literal(now, UTCDateTime())), progress=0.0,
+            message=case((col(Job.attempts) == 0, "started"), else_="started again"), detail=None)
+            .returning(Job).execution_options(synchronize_session=False))
         async with self.db.session() as session:
-            query = (select(Job).where(Job.status == JobStatus.PENDING.value, col(Job.kind).in_(kinds))
-                     .order_by(col(Job.id)).limit(1))
-            if self.db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job = (await session.exec(query)).first()
-            if job is None:
-                return None
-            job.status = JobStatus.RUNNING.value
-            job.attempts += 1
-            job.lease_hash = hash_lease(lease)
-            job.worker = worker[:100]
-            job.device = device[:32]
-            job.lease_until = now + timedelta(seconds=self.lease_seconds)
-            job.heartbeat_at = now
-            job.started_at = job.started_at or now
-            job.progress = 0.0
-            job.message = "started" if job.attempts == 1 else f"started again (attempt {job.attempts})"
-            job.detail = None
-            session.add(job)
+            job = (await session.exec(take)).scalars().first()  # type: ignore[call-overload]
             await session.commit()
-            await session.refresh(job)
+        if job is None:
+            return None
         self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
         return Claim(job=job, lease=lease)
 
@@ -765,7 +763,7 @@ class Jobs:
     async def _sweep_forever(self) -> None:
         interval = min(self.lease_seconds / 2, float(self.settings.poll_seconds))
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep()
                 if loop.time() - self._last_retention > RETENTION_INTERVAL:
@@ -775,7 +773,8 @@ class Jobs:
                         log.info("deleted %d finished jobs older than %d days", removed, self.settings.keep_days)
             except Exception:  # one failed round must not end the sweeping
                 log.exception("sweeping jobs failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
 
 def _delete_job(job_id: int) -> Any:

@@ -231,6 +231,8 @@ class LocalWorkers:
         self.cache: dict[str, Any] = {}
         self.free_devices: list[str] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._running: set[asyncio.Task[Any]] = set()  # workers inside an attempt (the rest are idle)
+        self.stopping = False
 
     async def start(self) -> None:
         if self.count == 0 or not self.jobs.kinds:
@@ -242,7 +244,10 @@ class LocalWorkers:
             self._tasks.append(asyncio.create_task(self._work(i), name=f"atrium-worker-{i}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Stop: idle workers end at once; a running attempt is interrupted and its job released."""
+        self.stopping = True
+        self.jobs.wake.set()
+        for task in self._running:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,7 +259,7 @@ class LocalWorkers:
         name = jobs.worker_name(f"local-{index}")
         cpu_kinds = [k.name for k in jobs.kinds.values() if not k.gpu]
         gpu_kinds = [k.name for k in jobs.kinds.values() if k.gpu]
-        while True:
+        while not self.stopping:
             # A GPU kind may be claimed only while a device is free; the device is held for its run.
             device = self.free_devices.pop(0) if gpu_kinds and self.free_devices else None
             ticket = jobs.wake.ticket()
@@ -275,13 +280,22 @@ class LocalWorkers:
                 await jobs.wake.wait(ticket, jobs.settings.poll_seconds)
                 continue
             jobs.wake.discard(ticket)
+            if self.stopping:  # claimed while the node began to stop: hand it back untouched
+                await jobs.release(claim.job.id, claim.lease)  # type: ignore[arg-type]
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
             try:
                 await self._run(claim, name, device or "cpu")
             except asyncio.CancelledError:
+                if self.stopping:
+                    return
                 raise
             except Exception:
                 log.exception("job %s: the attempt could not be reported", claim.job.id)
             finally:
+                self._running.discard(task)
                 if device is not None:
                     self.free_devices.append(device)
                     jobs.wake.set()
@@ -290,7 +304,7 @@ class LocalWorkers:
         jobs = self.jobs
         job = claim.job
         kind = jobs.kinds[job.kind]
-        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".work-{job.id}-", dir=jobs.root))
+        workdir = Path(tempfile.mkdtemp(prefix=f".work-{job.id}-", dir=jobs.root))  # one mkdir: microseconds
         assert jobs.node is not None
         node = jobs.node
         ctx = AttemptContext(job_id=job.id, kind=job.kind, params=job.params, workdir=workdir,  # type: ignore[arg-type]
