@@ -244,3 +244,54 @@ def test_jobs_wait_exits_1_with_the_jobs_error(tmp_path: Path, serve: Any, kind:
     assert "error:    RuntimeError" in shown.stdout
     cancelled = atrium("jobs", "cancel", str(queued["id"]), "--node", server.url, "--token", token, env=env)
     assert cancelled.returncode == 1 and "already ended (failed)" in cancelled.stderr
+
+
+def test_a_node_stopped_cleanly_hands_its_running_job_back_and_ends_event_streams(tmp_path: Path, serve: Any) -> None:
+    import sqlite3
+
+    data = tmp_path / "node"
+    env = {**install_testkit(tmp_path / "site"), "ATRIUM_PLUGINS_ENABLED": "jobs_testkit"}
+    assert atrium("init", str(data), env=env).returncode == 0
+    token = atrium("users", "add", "alice", data=data, env=env).stdout.splitlines()[-1]
+    server = serve(data, env=env)
+    wait_healthy(server)
+    _status, queued = http_json("POST", server.url + "/api/node/v1/jobs",
+                                {"kind": "count", "params": {"n": 100_000, "delay": 0.01}}, token)
+    job_url = f"{server.url}/api/node/v1/jobs/{queued['id']}"
+    _poll(lambda: http_json("GET", job_url, token=token)[1]["progress"] > 0)
+    waiter = subprocess.Popen([sys.executable, "-m", "node", "jobs", "wait", str(queued["id"]), "--node", server.url,
+                               "--token", token], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=worker_env(install_testkit(tmp_path / "site")))
+    try:
+        assert waiter.stderr is not None
+        assert f"job {queued['id']}:" in waiter.stderr.readline(), "the waiter follows the event stream"
+        started = time.monotonic()
+        code, _out, err = server.stop(signal.SIGTERM)
+        assert code == 0, err
+        assert time.monotonic() - started < 10, "an open event stream does not hold up the stop"
+    finally:
+        waiter.kill()
+        waiter.communicate()
+    with sqlite3.connect(data / "atrium.db") as db:
+        status, attempts = db.execute("SELECT status, attempts FROM jobs WHERE id = ?", (queued["id"],)).fetchone()
+    assert (status, attempts) == ("pending", 0)
+
+
+def test_a_remote_worker_keeps_trying_while_the_node_is_down_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "node", "worker", "--node", f"http://127.0.0.1:{free_port()}",
+                             "--token", "atw_unused", "--plugins", "jobs_testkit"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=worker_env(install_testkit(tmp_path / "site")))
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        _poll(lambda: lines.append(proc.stderr.readline()) or "trying again in 2 s" in lines[-1], deadline=30)
+        assert any("connection refused; trying again in 1 s" in line for line in lines)
+        proc.send_signal(signal.SIGINT)
+        out, _err = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "stopped after 0 jobs" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -99,7 +99,7 @@ async def claim(request: web.Request) -> web.Response:
         ticket = jobs.wake.ticket()
         got = await jobs.claim(name, kinds, body.device)
         left = deadline - time.monotonic()
-        if got is not None or left <= 0:
+        if got is not None or left <= 0 or jobs.closing:
             jobs.wake.discard(ticket)
             break
         await jobs.wake.wait(ticket, min(left, float(jobs.settings.poll_seconds)))

@@ -214,6 +214,12 @@ class JobEvents:
         for queue in self._listeners.get(job_id, ()):
             queue.put_nowait(event)
 
+    def end_all(self) -> None:
+        """Tell every listener to stop listening (the node is stopping)."""
+        for queues in self._listeners.values():
+            for queue in queues:
+                queue.put_nowait({"event": "end"})
+
     @contextlib.contextmanager
     def listen(self, job_id: int) -> Any:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -292,6 +298,7 @@ class Jobs:
         self.runner: Any = None
         self.worker_tokens = WorkerTokens(db)
         self._stopping = asyncio.Event()
+        self.closing = False  # the node is stopping: long polls and event streams end
 
     @property
     def lease_seconds(self) -> float:
@@ -321,6 +328,13 @@ class Jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    def shutdown(self) -> None:
+        """End event streams and long-polling claims at once: the node is stopping, and its HTTP server
+        waits for open requests before it closes. (Clients poll or reconnect; jobs go on after a restart.)"""
+        self.closing = True
+        self.events_bus.end_all()
+        self.wake.set()
 
     # -- users' side ---------------------------------------------------------------------------
 
@@ -448,7 +462,7 @@ class Jobs:
             job = await self.load(job_id)
             yield status_event(job)
             last = (job.status, job.progress, job.message)
-            while not JobStatus(job.status).finished:
+            while not JobStatus(job.status).finished and not self.closing:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=self.settings.poll_seconds)
                 except TimeoutError:
@@ -457,6 +471,8 @@ class Jobs:
                         last = (job.status, job.progress, job.message)
                         yield status_event(job)
                     continue
+                if event["event"] == "end":
+                    return
                 yield event
                 if event["event"] == "status":
                     last = (event["data"]["status"], event["data"]["progress"], event["data"]["message"])
