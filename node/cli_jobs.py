@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.client import NodeClient, NodeError, NodeUnreachable
+if TYPE_CHECKING:  # the HTTP client is imported by the commands that use it, not by every `atrium` run
+    from node.client import NodeClient
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 # While the event stream is down: pause between polls of the job, and how long the node may stay away.
@@ -64,6 +65,7 @@ async def follow_job(client: NodeClient, job_id: int, *, label: str) -> dict[str
     the job's error when it failed, expired or was cancelled. Reads the job's event stream and falls back
     to polling when the stream drops (a node restart), for up to UNREACHABLE_GIVE_UP seconds of silence."""
     from node.cli import CommandError
+    from node.client import NodeUnreachable
 
     bar = JobBar(label)
     job: dict[str, Any] | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest

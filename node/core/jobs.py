@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -38,7 +39,6 @@ from sqlmodel import col, select
 from node.core.config import Config
 from node.core.db import Database
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound, PluginLoadError, RateLimited, TooLarge
-from node.core.files import _fsync_dir
 from node.core.tables import Job, Role, User, UTCDateTime, utcnow
 from node.core.workers import WorkerTokens
 
@@ -58,6 +58,8 @@ MESSAGE_MAX = 500
 ERROR_MAX = 2000
 # Finished jobs past [jobs] keep_days are deleted at most this often.
 RETENTION_INTERVAL = 3600.0
+# A work directory untouched this long belongs to an attempt whose process died.
+STALE_WORKDIR_SECONDS = 86400.0
 
 
 class JobStatus(StrEnum):
@@ -660,7 +662,7 @@ class Jobs:
             if final.exists():  # an earlier attempt stored files and then lost its lease
                 shutil.rmtree(final)
             os.replace(staging, final)
-            _fsync_dir(job_dir)
+            _fsync_dir(job_dir)  # the rename is durable before the job is marked done
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -784,6 +786,7 @@ class Jobs:
                 await self.sweep()
                 if loop.time() - self._last_retention > RETENTION_INTERVAL:
                     self._last_retention = loop.time()
+                    await asyncio.to_thread(_remove_stale_workdirs, self.root, STALE_WORKDIR_SECONDS)
                     removed = await self.delete_old()
                     if removed:
                         log.info("deleted %d finished jobs older than %d days", removed, self.settings.keep_days)
@@ -797,6 +800,26 @@ def _delete_job(job_id: int) -> Any:
     from sqlalchemy import delete
 
     return delete(Job).where(col(Job.id) == job_id)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_workdirs(root: Path, older_than: float) -> int:
+    """Work directories of attempts that ended without cleaning up (their process was killed)."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in root.glob(".work-*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path)
+                removed += 1
+    return removed
 
 
 def _flush_and_sync(handle: Any) -> None:
