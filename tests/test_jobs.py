@@ -287,3 +287,25 @@ async def test_prepare_refusals_reach_the_submitter_unchanged(jobs_api: Any) -> 
     user = await api.node.accounts.create_user("carol")
     with pytest.raises(InvalidInput, match="params.text must be a string"):
         await api.node.jobs.submit(user, "echo", {"text": 5})
+
+
+async def test_concurrent_claims_from_two_processes_never_share_a_job(config: Any) -> None:
+    from node.core.jobs import Jobs
+    from node.core.tables import User
+
+    databases = [Database.from_config(config) for _ in range(2)]
+    try:
+        async with databases[0].session() as session:
+            owner = User(username="alice", username_key="alice")
+            session.add(owner)
+            await session.commit()
+            session.add_all([Job(kind="echo", owner_id=owner.id, status="pending", params={}) for _ in range(40)])
+            await session.commit()
+        services = [Jobs(db, config) for db in databases]
+        claims = await asyncio.gather(*(services[i % 2].claim(f"worker-{i}", ["echo"]) for i in range(60)))
+        taken = [c.job.id for c in claims if c is not None]
+        assert len(taken) == 40 and len(set(taken)) == 40, "every job claimed exactly once"
+        assert sum(c is None for c in claims) == 20
+    finally:
+        for db in databases:
+            await db.close()

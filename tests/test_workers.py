@@ -187,10 +187,11 @@ def _poll(check: Any, deadline: float = 20.0) -> Any:
     raise AssertionError(f"condition not met within {deadline} s")
 
 
-def test_a_node_killed_mid_job_completes_the_job_after_restart_exactly_once(tmp_path: Path, serve: Any) -> None:
+def test_a_node_killed_mid_job_completes_the_job_after_restart_exactly_once(tmp_path: Path, serve: Any,
+                                                                            database_url: str) -> None:
     data = tmp_path / "node"
     env = {**install_testkit(tmp_path / "site"), "ATRIUM_PLUGINS_ENABLED": "jobs_testkit",
-           "ATRIUM_JOBS_LEASE_SECONDS": "2", "ATRIUM_JOBS_POLL_SECONDS": "1"}
+           "ATRIUM_JOBS_LEASE_SECONDS": "2", "ATRIUM_JOBS_POLL_SECONDS": "1", "ATRIUM_DATABASE_URL": database_url}
     assert atrium("init", str(data), env=env).returncode == 0
     token = atrium("users", "add", "alice", data=data, env=env).stdout.splitlines()[-1]
     server = serve(data, env=env)
