@@ -214,6 +214,15 @@ async def test_output_files_are_stored_with_the_job_and_served_to_its_owner(jobs
     assert sorted(p.name for p in stored.iterdir()) == ["files"], "no staging or work directory is left"
 
 
+async def test_an_output_file_with_a_path_for_a_name_fails_the_job(jobs_api: Any) -> None:
+    api = await jobs_api()
+    token = await api.user("alice")
+    done = await finished(api, token, (await submit(api, token, "write", {"text": "x", "name": "../evil"}))["id"])
+    assert done["status"] == "failed"
+    assert "the run's output was refused: output file name '../evil' is not allowed" in done["error"]
+    assert not (api.node.config.jobs_path / "evil").exists()
+
+
 async def test_a_run_may_fetch_only_the_blobs_its_params_list(jobs_api: Any) -> None:
     api = await jobs_api()
     token = await api.user("alice")

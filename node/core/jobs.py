@@ -435,10 +435,11 @@ class Jobs:
     async def cancel(self, job_id: int, actor: User) -> Job:
         """Cancel a job: a pending one at once; a running one is asked to stop (its worker sees it on its
         next progress report or heartbeat). Conflict for a job that already ended."""
-        job = await self.get(job_id, actor)
+        await self.get(job_id, actor)
         async with self.db.session() as session:
-            job = await session.get(Job, job_id)
-            assert job is not None
+            job = await session.get(Job, job_id, with_for_update=self.db.dialect == "postgresql")
+            if job is None:  # deleted meanwhile
+                raise NotFound(f"no job {job_id}")
             if JobStatus(job.status).finished:
                 raise Conflict(f"job {job_id} already ended ({job.status})")
             if job.status == JobStatus.PENDING:
@@ -532,8 +533,11 @@ class Jobs:
         self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
         return Claim(job=job, lease=lease)
 
-    async def _held(self, session: Any, job_id: int, lease: str) -> Job:
-        job = await session.get(Job, job_id)
+    async def _held(self, session: Any, job_id: int, lease: str, *, lock: bool = True) -> Job:
+        # PostgreSQL: lock the row, so the sweeper (which skips locked rows) cannot take the job back
+        # while its holder reports on it, nor a cancel cross a claim. SQLite: the session holds the
+        # write lock already.
+        job = await session.get(Job, job_id, with_for_update=lock and self.db.dialect == "postgresql")
         if job is None:
             raise NotFound(f"no job {job_id}")
         if not isinstance(lease, str) or job.lease_hash != hash_lease(lease) or job.status != JobStatus.RUNNING:
@@ -544,7 +548,7 @@ class Jobs:
     async def held(self, job_id: int, lease: str) -> Job:
         """The job, if `lease` is its current lease; LeaseLost (409) otherwise."""
         async with self.db.read_session() as session:
-            return await self._held(session, job_id, lease)
+            return await self._held(session, job_id, lease, lock=False)
 
     async def heartbeat(self, job_id: int, lease: str, progress: float | None = None, message: str | None = None,
                         detail: dict[str, Any] | None = None) -> Heartbeat:
@@ -614,22 +618,27 @@ class Jobs:
         names = [check_file_name(f.name) for f in output.files]
         if len(set(names)) != len(names):
             raise InvalidInput("two output files have the same name")
-        # Renew the lease first: storing files and finish() may take a while.
+        # Storing files and finish() may take a while: the lease is renewed meanwhile.
         await self.heartbeat(job_id, lease, message="storing results")
         job = await self.held(job_id, lease)
         kind = self.kinds.get(job.kind)
-        stored, described = await asyncio.to_thread(self._store_files, job_id, output.files)
-        final = JobOutput(result=output.result, files=stored)
-        result = output.result
-        if kind is not None and kind.finish is not None:
-            try:
+        renewing = asyncio.create_task(self._renew(job_id, lease))
+        try:
+            stored, described = await asyncio.to_thread(self._store_files, job_id, output.files)
+            final = JobOutput(result=output.result, files=stored)
+            result = output.result
+            if kind is not None and kind.finish is not None:
                 assert self.node is not None
                 result = await kind.finish(self.node, job, final)
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                log.exception("job %s: finish() of kind %r failed", job_id, job.kind)
-                return await self.fail(job_id, lease, f"storing the results failed: {_describe(exc)}")
+        except (LeaseLost, InvalidInput):
+            raise
+        except Exception as exc:
+            log.exception("job %s: finish() of kind %r failed", job_id, job.kind)
+            return await self.fail(job_id, lease, f"storing the results failed: {_describe(exc)}")
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await renewing
         async with self.db.session() as session:
             changed = (await session.exec(update(Job).where(  # type: ignore[call-overload]
                 col(Job.id) == job_id, col(Job.lease_hash) == hash_lease(lease),
@@ -640,6 +649,11 @@ class Jobs:
         if not changed:
             raise LeaseLost(f"job {job_id} changed hands while its results were stored; the report is refused")
         return await self._ended(job_id)
+
+    async def _renew(self, job_id: int, lease: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self.heartbeat(job_id, lease)
 
     def _store_files(self, job_id: int, files: list[OutputFile]) -> tuple[list[OutputFile], list[dict[str, Any]]]:
         """Move the files into a fresh directory, then rename it to DATA/jobs/<id>/files in one step."""

@@ -167,6 +167,9 @@ async def run_attempt(kind: JobKind, ctx: AttemptContext, reporter: Reporter, he
             await reporter.complete(output)
         except LeaseLost:
             return "lost"
+        except AtriumError as exc:  # the node refused the output (a bad file name, a result not JSON, ...)
+            await reporter.fail(f"the run's output was refused: {_error_text(exc)}")
+            return "failed"
         return "succeeded"
     except LeaseLost:
         return "lost"

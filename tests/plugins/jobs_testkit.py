@@ -104,7 +104,7 @@ async def prepare_write(node: Any, user: Any, params: dict[str, Any]) -> dict[st
     for sha in blobs:
         if not isinstance(sha, str) or not node.blobs.exists(sha):
             raise InvalidInput(f"no blob {sha!r} on this node")
-    return {"text": str(params.get("text", "")), "blobs": blobs}
+    return {"text": str(params.get("text", "")), "blobs": blobs, "name": str(params.get("name", "out.txt"))}
 
 
 async def run_write(ctx: JobContext) -> JobOutput:
@@ -115,7 +115,7 @@ async def run_write(ctx: JobContext) -> JobOutput:
         blob = await ctx.fetch_blob(sha)
         data = Path(blob).read_bytes()
         result[sha] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return JobOutput(result=result, files=[OutputFile("out.txt", path, "text/plain")])
+    return JobOutput(result=result, files=[OutputFile(ctx.params["name"], path, "text/plain")])
 
 
 async def run_fetch(ctx: JobContext) -> JobOutput:
