@@ -318,3 +318,36 @@ async def test_concurrent_claims_from_two_processes_never_share_a_job(config: An
     finally:
         for db in databases:
             await db.close()
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"lease_seconds": 0}, "node.toml: jobs.lease_seconds: must be at least 1; got 0"),
+    ({"workers": "two"}, "node.toml: jobs.workers: expected an integer, got 'two'"),
+    ({"max_queued": 3}, "node.toml: jobs.max_queued: unknown key (known: workers, lease_seconds"),
+])
+def test_bad_jobs_settings_are_config_errors_naming_the_key(tmp_path: Any, table: dict[str, Any], message: str) -> None:
+    from node.core.config import config_from_mapping
+    from node.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping(tmp_path, {"jobs": table}, env={})
+    assert message in caught.value.detail
+
+
+def test_two_plugins_registering_one_job_kind_stop_the_node_naming_both() -> None:
+    from node.core.errors import PluginLoadError
+    from node.core.hookspecs import hookimpl
+    from node.core.jobs import JobKind, collect_kinds
+    from node.core.plugins import PluginHost
+
+    class Twin:
+        @hookimpl
+        def atrium_job_kinds(self, register: Any) -> None:
+            register(JobKind("echo", run=None, prepare=None))  # type: ignore[arg-type]
+
+    host = PluginHost([], available={})
+    host.register(Twin(), "first")
+    host.register(Twin(), "second")
+    with pytest.raises(PluginLoadError, match="plugin 'second' registers the job kind 'echo', which plugin 'first' "
+                                              "already registers"):
+        collect_kinds(host)
