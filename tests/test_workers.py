@@ -174,6 +174,10 @@ def test_workers_are_added_listed_and_revoked_at_the_command_line(tmp_path: Path
     assert missing.returncode == 1 and "no worker named 'nobody'" in missing.stderr
     no_token = atrium("worker", "--node", "http://127.0.0.1:9")
     assert no_token.returncode == 2 and "--token" in no_token.stderr
+    no_plugin = atrium("worker", "--node", "http://127.0.0.1:9", "--token", secret, "--plugins", "nope")
+    assert no_plugin.returncode == 1 and "--plugins: nope not installed here" in no_plugin.stderr
+    no_kind = atrium("worker", "--node", "http://127.0.0.1:9", "--token", secret, "--kinds", "paint")
+    assert no_kind.returncode == 1 and "no loaded plugin provides the job kind(s) paint" in no_kind.stderr
 
 
 def _poll(check: Any, deadline: float = 20.0) -> Any:
