@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -74,13 +75,14 @@ async def follow_job(client: NodeClient, job_id: int, *, label: str) -> dict[str
     while job is None or job["status"] not in TERMINAL:
         try:
             if stream_ok:
-                async for event, data in client.job_events(job_id):
-                    unreachable_since = None
-                    if event == "status":
-                        job = data
-                    bar(float(data.get("progress") or 0.0), str(data.get("message") or ""))
-                    if job is not None and job["status"] in TERMINAL:
-                        break
+                async with contextlib.aclosing(client.job_events(job_id)) as events:
+                    async for event, data in events:
+                        unreachable_since = None
+                        if event == "status":
+                            job = data
+                        bar(float(data.get("progress") or 0.0), str(data.get("message") or ""))
+                        if job is not None and job["status"] in TERMINAL:
+                            break
                 if job is None or job["status"] not in TERMINAL:
                     stream_ok = False  # ended without the end of the job: a proxy cut it; poll instead
                 continue
