@@ -365,6 +365,24 @@ class Jobs:
                 raise TypeError(f"job kind {kind!r}: params['blobs'] must list SHA-256 digests; got {sha!r}")
         limit = self.settings.max_queued_per_user
         exempt = Role(owner.role).includes(Role.ADMIN)
+        idle = self.runner.take_idle(job_kind) if self.runner is not None else None
+        claim: Claim | None = None
+        try:
+            job, lease = await self._insert(owner, job_kind, prepared, exempt, limit, idle.name if idle else None)
+            if lease is not None:
+                claim = Claim(job=job, lease=lease)
+        finally:
+            if idle is not None:
+                idle.give(claim)
+        if claim is None:
+            self.wake.set()
+        self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
+        return job
+
+    async def _insert(self, owner: User, job_kind: JobKind, prepared: dict[str, Any], exempt: bool, limit: int,
+                      worker: str | None) -> tuple[Job, str | None]:
+        """Insert the job after checking the queue limit; with `worker`, already claimed by it (the lease
+        is returned)."""
         async with self.db.session() as session:
             if not exempt:
                 count = (select(func.count()).select_from(Job).where(
@@ -380,13 +398,19 @@ class Jobs:
                     raise RateLimited(f"you have {queued} jobs pending or running, the most this node allows "
                                       f"per user ([jobs] max_queued_per_user = {limit}); wait for one to finish "
                                       "or cancel one", retry_after=max(1, self.settings.poll_seconds))
-            job = Job(kind=kind, owner_id=owner.id, status=JobStatus.PENDING.value, params=prepared,
+            job = Job(kind=job_kind.name, owner_id=owner.id, status=JobStatus.PENDING.value, params=prepared,
                       max_attempts=job_kind.max_attempts or self.settings.max_attempts, gpu=job_kind.gpu)
+            lease = None
+            if worker is not None:
+                lease, now = secrets.token_urlsafe(32), utcnow()
+                job.status, job.attempts, job.lease_hash, job.worker, job.device = \
+                    JobStatus.RUNNING.value, 1, hash_lease(lease), worker, "cpu"
+                job.lease_until, job.heartbeat_at, job.started_at = \
+                    now + timedelta(seconds=self.lease_seconds), now, now
+                job.message = "started"
             session.add(job)
             await session.commit()  # every column is set here, none by the database: no refresh needed
-        self.wake.set()
-        self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
-        return job
+        return job, lease
 
     async def get(self, job_id: int, viewer: User) -> Job:
         """A job its owner or an admin may see; NotFound for anyone else (they may not know it exists)."""
@@ -658,6 +682,8 @@ class Jobs:
     def _store_files(self, job_id: int, files: list[OutputFile]) -> tuple[list[OutputFile], list[dict[str, Any]]]:
         """Move the files into a fresh directory, then rename it to DATA/jobs/<id>/files in one step."""
         job_dir = self.root / str(job_id)
+        if not files:
+            return [], []
         job_dir.mkdir(parents=True, exist_ok=True)
         staging = job_dir / f".staging-{secrets.token_hex(6)}"
         staging.mkdir()

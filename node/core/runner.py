@@ -224,6 +224,22 @@ class LocalReporter:
         await self.jobs.release(self.job_id, self.lease)  # type: ignore[arg-type]
 
 
+class IdleWorker:
+    """A worker of this process waiting for work. `Jobs.submit` may hand it the job it queues, claimed in
+    the same transaction that inserts it (one database write instead of two between submit and start).
+    An idle worker found no pending job of its kinds when it last looked, so the hand-over jumps no queue
+    of this process; a job queued through another process just before may start just after."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handed: asyncio.Future[Claim | None] = asyncio.get_running_loop().create_future()
+
+    def give(self, claim: Claim | None) -> None:
+        """The claimed job (None: the submission failed; the worker looks for work again)."""
+        if not self.handed.done():
+            self.handed.set_result(claim)
+
+
 class LocalWorkers:
     """The node's in-process workers: `count` loops that claim jobs of the registered kinds. GPU kinds run
     one at a time per device (CUDA devices when torch sees any, else one "cpu" slot)."""
@@ -235,7 +251,15 @@ class LocalWorkers:
         self.free_devices: list[str] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[asyncio.Task[Any]] = set()  # workers inside an attempt (the rest are idle)
+        self._idle: list[IdleWorker] = []  # idle workers that take a job handed over by submit
         self.stopping = False
+
+    def take_idle(self, kind: JobKind) -> IdleWorker | None:
+        """An idle worker for a job of `kind` that is being submitted, removed from the idle list: the
+        caller must `give` it the claim, or None. GPU kinds are never handed over (they wait for a device)."""
+        if self.stopping or kind.gpu or kind.name not in self.jobs.kinds or not self._idle:
+            return None
+        return self._idle.pop()
 
     async def start(self) -> None:
         if self.count == 0 or not self.jobs.kinds:
@@ -280,8 +304,9 @@ class LocalWorkers:
                 self.free_devices.append(device)
                 device = None
             if claim is None:
-                await jobs.wake.wait(ticket, jobs.settings.poll_seconds)
-                continue
+                claim = await self._idle_until_work(name, ticket)
+                if claim is None:
+                    continue
             jobs.wake.discard(ticket)
             if self.stopping:  # claimed while the node began to stop: hand it back untouched
                 await jobs.release(claim.job.id, claim.lease)  # type: ignore[arg-type]
@@ -302,6 +327,20 @@ class LocalWorkers:
                 if device is not None:
                     self.free_devices.append(device)
                     jobs.wake.set()
+
+    async def _idle_until_work(self, name: str, ticket: asyncio.Future[None]) -> Claim | None:
+        """Wait for a wake-up (None: look for work again) or for a job handed over by submit."""
+        idle = IdleWorker(name)
+        self._idle.append(idle)
+        try:
+            await asyncio.wait({ticket, idle.handed}, timeout=self.jobs.settings.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.jobs.wake.discard(ticket)
+        if idle in self._idle:  # nobody took it: not handed over
+            self._idle.remove(idle)
+            return None
+        return await idle.handed  # taken by a submission: its answer follows at once
 
     async def _run(self, claim: Claim, name: str, device: str) -> None:
         jobs = self.jobs
