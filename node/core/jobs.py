@@ -549,6 +549,8 @@ class Jobs:
             started_at=func.coalesce(col(Job.started_at), literal(now, UTCDateTime())), progress=0.0,
             message=case((col(Job.attempts) == 0, "started"), else_="started again"), detail=None)
             .returning(Job).execution_options(synchronize_session=False))
+        if self.db.dialect == "sqlite" and not await self._exists(oldest):
+            return None  # looked without taking SQLite's write lock: idle workers poll without blocking writers
         async with self.db.session() as session:
             job = (await session.exec(take)).scalars().first()  # type: ignore[call-overload]
             await session.commit()
@@ -556,6 +558,10 @@ class Jobs:
             return None
         self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
         return Claim(job=job, lease=lease)
+
+    async def _exists(self, query: Any) -> bool:
+        async with self.db.read_session() as session:
+            return (await session.exec(query)).first() is not None
 
     async def _held(self, session: Any, job_id: int, lease: str, *, lock: bool = True) -> Job:
         # PostgreSQL: lock the row, so the sweeper (which skips locked rows) cannot take the job back
@@ -773,6 +779,9 @@ class Jobs:
         """Jobs whose lease ran out: back to pending while attempts remain, else expired (cancelled when a
         cancel was asked). Returns how many were handled."""
         now = utcnow()
+        expired = select(Job.id).where(Job.status == JobStatus.RUNNING.value, col(Job.lease_until) < now).limit(1)
+        if not await self._exists(expired):
+            return 0  # the common case, found without a write lock
         async with self.db.session() as session:
             query = select(Job).where(Job.status == JobStatus.RUNNING.value, col(Job.lease_until) < now)
             if self.db.dialect == "postgresql":
