@@ -46,7 +46,8 @@ async def test_progress_is_streamed_as_server_sent_events_until_the_job_ends(job
     assert events[-1][1]["status"] == "succeeded" and events[-1][1]["result"]["finished"] is True
     progress = [data["progress"] for name, data in events if name == "progress"]
     assert len(progress) >= 2 and progress == sorted(progress)
-    assert any(data["detail"].get("step") for name, data in events if name == "progress")
+    details = [data["detail"] for name, data in events if name == "progress" and data["detail"].get("step")]
+    assert details and all(d["odd"] in ("{0}", "{1}") for d in details), "details that are not JSON arrive as text"
 
 
 async def test_a_job_that_raises_fails_with_its_error(jobs_api: Any) -> None:

@@ -106,6 +106,10 @@ async def test_worker_routes_take_only_worker_tokens_and_the_current_lease(jobs_
     beat = await api.call("POST", f"{base}/heartbeat", worker, json={"progress": 0.5, "message": "half"}, headers=lease)
     assert beat.status == 200 and (await beat.json())["cancelled"] is False
     assert (await api.call("POST", f"{base}/heartbeat", worker, json={"progress": 2}, headers=lease)).status == 400
+    huge = await api.call("POST", f"{base}/heartbeat", worker, json={"detail": {"x": "y" * 5000}}, headers=lease)
+    assert huge.status == 400 and "at most 4096 bytes" in (await huge.json())["detail"]
+    long_kind = await api.call("POST", CLAIM, worker, json={"kinds": ["k" * 65]})
+    assert long_kind.status == 400
     assert (await api.call("PUT", f"{base}/files/.hidden", worker, data=b"x", headers=lease)).status == 400
     big = await api.call("PUT", f"{base}/files/big.bin", worker, data=b"x" * 2048, headers=lease)
     assert big.status == 413 and "max_file_bytes" in (await big.json())["detail"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
@@ -52,7 +52,7 @@ def worker_name(request: web.Request, instance: str) -> str:
 
 
 class ClaimBody(Body):
-    kinds: list[str] = Field(min_length=1, max_length=100)
+    kinds: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=100)
     device: str = Field(default="cpu", max_length=32)
     instance: str = Field(default="", max_length=60)
     wait: float = Field(default=0.0, ge=0.0, le=MAX_CLAIM_WAIT)

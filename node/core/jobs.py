@@ -55,6 +55,8 @@ KIND_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_PARAMS_BYTES = 256 * 1024
 MAX_LIST = 500
 MESSAGE_MAX = 500
+# A progress report's detail (a step number, a preview's name) is kept small: it is written at each report.
+MAX_DETAIL_BYTES = 4096
 ERROR_MAX = 2000
 # Finished jobs past [jobs] keep_days are deleted at most this often.
 RETENTION_INTERVAL = 3600.0
@@ -586,6 +588,8 @@ class Jobs:
         lease is no longer this worker's."""
         if progress is not None and not (isinstance(progress, (int, float)) and 0.0 <= progress <= 1.0):
             raise InvalidInput(f"progress must be a number from 0 to 1; got {progress!r}")
+        if detail is not None and len(json.dumps(detail)) > MAX_DETAIL_BYTES:
+            raise InvalidInput(f"a progress detail may take at most {MAX_DETAIL_BYTES} bytes of JSON")
         now = utcnow()
         async with self.db.session() as session:
             job = await self._held(session, job_id, lease)

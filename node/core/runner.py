@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node.core.errors import AtriumError
-from node.core.jobs import JobCancelled, JobContext, JobKind, JobOutput, LeaseLost, check_blob_listed
+from node.core.jobs import (MAX_DETAIL_BYTES, MESSAGE_MAX, JobCancelled, JobContext, JobKind, JobOutput, LeaseLost,
+                            check_blob_listed)
 
 if TYPE_CHECKING:
     from node.core.jobs import Claim, Jobs
@@ -66,7 +68,7 @@ class AttemptContext(JobContext):
         was cancelled."""
         fraction = min(1.0, max(0.0, float(fraction)))
         with self._lock:
-            self.state = (fraction, str(message), detail)
+            self.state = (fraction, str(message)[:MESSAGE_MAX], _json_detail(detail))
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -178,6 +180,17 @@ async def run_attempt(kind: JobKind, ctx: AttemptContext, reporter: Reporter, he
         with contextlib.suppress(asyncio.CancelledError):
             await beating
         await asyncio.to_thread(shutil.rmtree, ctx.workdir, True)
+
+
+def _json_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail as plain JSON (values it cannot hold become strings); dropped when it is too big, so a
+    plugin's progress report can never stop the heartbeats that keep its lease."""
+    if not detail:
+        return {}
+    text = json.dumps(detail, default=str)
+    if len(text) > MAX_DETAIL_BYTES:
+        return {"detail_dropped": f"{len(text)} bytes, more than {MAX_DETAIL_BYTES}"}
+    return json.loads(text)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -78,7 +78,8 @@ async def run_count(ctx: JobContext) -> JobOutput:
         await asyncio.to_thread(_count_steps, ctx, params["n"], params["delay"])
     else:
         for i in range(params["n"]):
-            ctx.progress(i / params["n"], f"step {i + 1} of {params['n']}", step=i + 1)
+            # A detail that is not JSON (here a set) reaches clients as text; it never stops the heartbeats.
+            ctx.progress(i / params["n"], f"step {i + 1} of {params['n']}", step=i + 1, odd={i % 2})
             await asyncio.sleep(params["delay"])
     ctx.progress(1.0, "counted")
     return JobOutput(result={"counted": params["n"], "device": ctx.device})
