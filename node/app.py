@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 import federation
 from federation import mirroring_routes
 from federation import routes as federation_routes
-from node.api import accounts, catalog, civitai, distribution, files, jobs, node_routes, swarm, workers
+from node.api import accounts, catalog, civitai, distribution, files, jobs, ledger, node_routes, swarm, workers
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -89,6 +89,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     async def end_long_polls(app: web.Application) -> None:
         if NODE in app:
             app[NODE].federation.log.shutdown()
+            app[NODE].jobs.shutdown()
 
     app.on_shutdown.append(end_long_polls)
     app.add_routes(node_routes.routes)
@@ -102,6 +103,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(swarm.routes)
     app.add_routes(jobs.routes)
     app.add_routes(workers.routes)
+    app.add_routes(ledger.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     add_web(app)

@@ -21,6 +21,7 @@ from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.jobs import Jobs, collect_kinds
+from node.core.ledger import Ledger
 from node.core.plugins import PluginHost
 from node.core.swarm import Swarm, clean_fetch_dirs
 
@@ -45,6 +46,7 @@ class Node:
     ingest: Ingest
     distribution: Distribution
     swarm: Swarm
+    ledger: Ledger
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     jobs: Jobs = None  # type: ignore[assignment]  # set by open_node
     version: str = __version__
@@ -99,7 +101,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
                 distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
-                jobs=Jobs(db, config, kinds))
+                ledger=Ledger(db, config.ledger), jobs=Jobs(db, config, kinds))
     node.jobs.node = node
     try:
         if migrate:
