@@ -8,6 +8,7 @@ starting noise everywhere.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from plugins.generation.pipelines import PipelineCache, torch_dtype
 from plugins.generation.samplers import SAMPLERS, build_scheduler
 
 Progress = Callable[[float, str], None]
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,13 @@ class GeneratedImage:
 
 
 def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu_dtype: str,
-             cache: PipelineCache, workdir: Path, job_id: int, progress: Progress) -> list[GeneratedImage]:
+             cache: PipelineCache, workdir: Path, job_id: int, progress: Progress,
+             cancelled: Callable[[], bool] = lambda: False) -> list[GeneratedImage]:
     """Sample every image of a job and write it as PNG into `workdir`. Blocks; raises what
-    `progress` raises (JobCancelled) between steps."""
+    `progress` raises (JobCancelled), or JobCancelled once `cancelled()`, between steps."""
     import torch
+
+    from node.core.jobs import JobCancelled
 
     model = params["model"]
     # The shipped families resolve to this installation's folders (a remote worker's paths differ from
@@ -64,6 +69,7 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
             raise InvalidInput(f"clip_skip: {clip_skip} is more than this checkpoint's text encoder has layers ({layers})")
         effective = steps if init_image is None else max(1, min(steps, int(steps * params["denoising_strength"])))
         results = []
+        reported = [time.monotonic()]
         for i in range(batch):
             seed = params["seed"] + i
             if hasattr(scheduler, "noise_sampler_seed"):
@@ -71,8 +77,15 @@ def generate(params: dict[str, Any], paths: dict[str, Path], *, device: str, gpu
                 scheduler.noise_sampler_seed = seed
 
             def on_step(_pipe: Any, step: int, _timestep: Any, kwargs: dict[str, Any], i: int = i) -> dict[str, Any]:
+                # Each progress report becomes a database write on the node: report about once a second,
+                # and look for a cancellation at every step.
                 done = min(step + 1, effective)
-                progress((i + done / effective) / batch, f"image {i + 1}/{batch}, step {done}/{effective}")
+                now = time.monotonic()
+                if now - reported[0] >= PROGRESS_SECONDS:
+                    reported[0] = now
+                    progress((i + done / effective) / batch, f"image {i + 1}/{batch}, step {done}/{effective}")
+                elif cancelled():
+                    raise JobCancelled(f"job {job_id} was cancelled")
                 return kwargs
 
             call: dict[str, Any] = dict(

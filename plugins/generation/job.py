@@ -144,7 +144,8 @@ async def run(ctx: JobContext) -> JobOutput:
     if cache is None:
         cache = ctx.cache[CACHE_KEY] = PipelineCache(settings.cache_mb * 1024 * 1024)
     images = await asyncio.to_thread(generate, params, paths, device=ctx.device, gpu_dtype=settings.gpu_dtype,
-                                     cache=cache, workdir=ctx.workdir, job_id=ctx.job_id, progress=ctx.progress)
+                                     cache=cache, workdir=ctx.workdir, job_id=ctx.job_id, progress=ctx.progress,
+                                     cancelled=ctx.cancelled)
     return JobOutput(
         result={"images": [{"name": image.name, "seed": image.seed, "parameters": image.parameters}
                            for image in images], **_resources(params)},
