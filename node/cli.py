@@ -1052,6 +1052,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the manifest (GET /api/node/v1/versions/ID/manifest)")
     p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
 
+    from node import cli_keys  # imported here: it imports from this module
+
+    cli_keys.add_commands(sub, common)
+
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
     command("check", cmd_config_check, "validate node.toml, the key file and the enabled plugins", config)
