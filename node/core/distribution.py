@@ -76,7 +76,7 @@ class Distribution:
                    .where(ModelVersion.status == ModelStatus.PUBLISHED.value,
                           Model.status == ModelStatus.PUBLISHED.value,
                           or_(col(VersionManifest.version_id).is_(None),
-                              VersionManifest.key_id != self.identity.node_id)))
+                              VersionManifest.key_id != self.identity.key_id)))
         async with self.db.read_session() as session:
             ids = (await session.exec(lacking.order_by(col(ModelVersion.id)))).all()
             files = (await session.exec(select(ModelFile.version_id, ModelFile.sha256).where(
@@ -143,7 +143,7 @@ class Distribution:
             digest = files_digest(files)
             async with self.db.read_session() as session:
                 stored = await session.get(VersionManifest, version_id)
-                if stored is not None and stored.files_digest == digest and stored.key_id == self.identity.node_id:
+                if stored is not None and stored.files_digest == digest and stored.key_id == self.identity.key_id:
                     return stored.envelope
             hashes = await self._hashes([f.id for f in files])  # type: ignore[misc]
             entries = [ManifestFile(
@@ -165,9 +165,9 @@ class Distribution:
                 row = await session.get(VersionManifest, version_id)
                 if row is None:
                     row = VersionManifest(version_id=version_id, envelope=envelope, files_digest=digest,
-                                          key_id=self.identity.node_id)
+                                          key_id=self.identity.key_id)
                 else:
-                    row.envelope, row.files_digest, row.key_id = envelope, digest, self.identity.node_id
+                    row.envelope, row.files_digest, row.key_id = envelope, digest, self.identity.key_id
                 session.add(row)
                 await session.commit()
             log.info("signed the manifest of version %d (%d files)", version_id, len(files))

@@ -121,9 +121,9 @@ class NodeIdentity:
         """Ed25519 signature of `message` with the current key (64 bytes)."""
         return self.private_key.sign(message)
 
-    def adopt(self, private_key: Ed25519PrivateKey, rotations: Sequence[Rotation]) -> None:
+    def adopt(self, private_key: Ed25519PrivateKey, rotations: Sequence[Rotation], node_id: str | None = None) -> None:
         """Sign with `private_key` from now on (after a rotation committed to the log)."""
-        self._node_id = self.node_id
+        self._node_id = node_id or self.node_id
         self.private_key = private_key
         self.rotations = tuple(rotations)
 

@@ -243,6 +243,15 @@ async def complete_rotation(key_path: Path, identity: NodeIdentity, session: Any
     ConfigError when the log names a key that no file holds."""
     from node.core.tables import LogHead
 
+    if not identity.rotated:
+        # keys.json lost after a rotation: this key is the current key of one log here, the node's own.
+        owner = (await session.exec(select(LogHead).where(LogHead.key_id == identity.key_id))).first()
+        if owner is not None:
+            rotations = await logged_rotations(session, owner.origin)
+            if key_periods(owner.origin, rotations)[-1].key == identity.key_id:
+                write_chain(key_path, owner.origin, rotations)
+                identity.adopt(identity.private_key, rotations, owner.origin)
+                log.warning("%s was missing: rewrote it from the log (node %s)", chain_path(key_path), owner.origin)
     head = await session.get(LogHead, identity.node_id)
     wanted = head.key_id if head is not None and head.key_id else identity.node_id
     if wanted == identity.key_id:
