@@ -491,3 +491,34 @@ async def test_blocking_and_unblocking_a_follower_are_entries_of_the_log(nodes: 
     stored = await entries_of(a, a.node.node_id)
     assert [e.kind for e in stored] == ["peer.blocked", "peer.unblocked"]  # blocking twice is one change
     assert json.loads(stored[0].data)["body"]["nodeId"] == b.node.node_id
+
+
+def test_atrium_pull_with_the_node_id_pinned_works_before_and_after_a_rotation(tmp_path: Path) -> None:
+    """A served node (`atrium serve`) rotated by `atrium keys rotate` beside it: `atrium pull --key NODE_ID`
+    verifies its files against manifests signed by the old key, then by the new one."""
+    from tests.swarm_fixtures import make_nodes, model_bytes, pull_process, version_of, wait_until
+
+    (solo,) = make_nodes(tmp_path, ["solo"])
+    try:
+        data = model_bytes(seed=11, mib=1)
+        path = tmp_path / "rotstyle.safetensors"
+        path.write_bytes(data)
+        air = solo.publish(path, "Rot Style")
+        node_id = solo.get("/.well-known/atrium-node")["id"]
+        file_id = version_of(solo, air)["files"][0]["id"]
+        wait_until(lambda: solo.swarm_of_file(file_id)["seeding"], what="the node seeds the file")
+        outputs = []
+        for folder in ("before", "after"):
+            if folder == "after":
+                rotated = atrium("keys", "rotate", data=solo.data)
+                assert rotated.returncode == 0, rotated.stderr
+            process = pull_process(air, "--node", solo.url, "--to", str(tmp_path / folder), "--key", node_id)
+            _out, err = process.communicate(timeout=90)
+            assert process.returncode == 0, err
+            assert (tmp_path / folder / "rotstyle.safetensors").read_bytes() == data
+            outputs.append(err)
+        assert f"manifest signed by {node_id}" in outputs[0] and "with its key" not in outputs[0]
+        new_key = solo.get("/.well-known/atrium-node")["public_key"]["id"]
+        assert new_key != node_id and f"with its key {new_key}" in outputs[1]
+    finally:
+        solo.stop()
