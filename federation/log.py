@@ -2,8 +2,9 @@
 
 An entry is the canonical JSON `{"body", "kind", "node", "prev", "seq", "ts"}`: `node` is the signing
 node's id, `seq` counts from 1, `prev` is the SHA-256 (hex) of the previous entry's stored bytes (64
-zeros for the first). The node signs those exact bytes with its Ed25519 key; they are stored and served
-as they were signed, never re-serialised. Catalog changes append their entry inside the change's own
+zeros for the first). The node signs those exact bytes with its Ed25519 key (after a key rotation, the
+key a `node.key_rotated` entry introduced: node/core/keychain.py); they are stored and served as they
+were signed, never re-serialised. Catalog changes append their entry inside the change's own
 transaction (node.core.catalog's journals), so a change and its entry commit together.
 
 Over the entries sits an RFC 6962 Merkle tree (federation/merkle.py); a checkpoint is a C2SP signed note

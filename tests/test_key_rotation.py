@@ -306,6 +306,7 @@ def test_a_rotation_killed_after_its_commit_completes_at_the_next_start(tmp_path
     async def start() -> str:
         config = make_config(data, node={"name": "k"})
         async with open_node(config, plugins=PluginHost([], available={})) as node:
+            await asyncio.sleep(0)  # let its background start-up work begin before it is closed
             return node.identity.key_id
 
     assert asyncio.run(start()) == new

@@ -153,3 +153,42 @@ async def test_a_peer_whose_document_and_log_name_different_nodes_is_halted(tmp_
 
     status = await wait_for(halted, timeout=10)
     assert status.evidence["kind"] == "identity" and status.evidence["log"] == fake.identity.node_id
+
+
+async def test_a_followed_rotation_is_stored_with_the_cursor_and_its_key_signs_requests(api_on: Api) -> None:
+    """On each backend: applying a batch with a rotation keeps the origin's new key (and the retired one)
+    in its log head, the next cursor starts from it, and requests signed with that key are accepted."""
+    import json
+
+    from federation.httpsig import sign_request
+    from tests.test_key_rotation import RotatingPeer
+
+    fake = RotatingPeer()
+    fake.entries.append(fake.model("First"))
+    retired = fake.rotate()
+    origin = fake.genesis.node_id
+    body = json.dumps({"origin": origin, "head": 2}).encode()
+    signed = sign_request(fake.identity, "POST", "/federation/v1/inbox", "", body)
+    refused = await api_on.call("POST", "/federation/v1/inbox", data=body, headers=signed)
+    assert refused.status == 401 and "does not know as the current key" in (await refused.json())["detail"]
+
+    syncer = api_on.node.federation.syncer
+    cursor = await syncer.cursor(origin, leaves=True)
+    fields = check_batch(cursor, fake.entries)
+    await syncer.apply(origin, fake.entries, fields)
+    async with api_on.node.db.read_session() as session:
+        head = await session.get(LogHead, origin)
+    assert head.key_id == fake.identity.key_id and head.retired_keys == {retired.key_id: 2}
+    resumed = await syncer.cursor(origin, leaves=True)
+    assert resumed.key == fake.identity.key_id and resumed.retired == {retired.key_id: 2}
+    with pytest.raises(LogRejected) as refused_entry:  # entry 3 signed by the retired key
+        check_batch(resumed, [fake.model("Sneaky", key=retired)])
+    assert refused_entry.value.kind == "forged"
+    check_batch(resumed, [fake.model("Second")])  # entry 3 signed by the new key
+    assert resumed.seq == 3
+
+    # Now that this node knows the origin's key, the signature is accepted (and the push refused only
+    # because this node does not follow that origin).
+    signed = sign_request(fake.identity, "POST", "/federation/v1/inbox", "", body)
+    accepted = await api_on.call("POST", "/federation/v1/inbox", data=body, headers=signed)
+    assert accepted.status == 403 and "does not follow" in (await accepted.json())["detail"]
