@@ -1033,6 +1033,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--hold", type=int, metavar="ID", help="set this follower back to pending")
     p.add_argument("--json", action="store_true", help="print them as JSON")
 
+    from node.cli_keys import add_commands as add_key_commands  # here: node.cli_keys imports node.cli
+
+    add_key_commands(sub, common)
+
     p = client_command("pull", cmd_pull, "download a model version's files from the swarm (peers and the node's "
                        "web seed), verify them against the signed manifest and put them where A1111 or ComfyUI "
                        "look for them; prints each file's path")
@@ -1057,10 +1061,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, metavar="FILE",
                    help="the manifest (GET /api/node/v1/versions/ID/manifest)")
     p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
-
-    from node import cli_keys  # imported here: it imports from this module
-
-    cli_keys.add_commands(sub, common)
 
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
