@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node import __version__
+from node.core import keychain
 from node.core.accounts import Accounts
 from node.core.blobs import BlobStore
 from node.core.catalog import Catalog
@@ -20,7 +21,6 @@ from node.core.db import Database
 from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
-from node.core.keychain import complete_rotation
 from node.core.plugins import PluginHost
 from node.core.swarm import Swarm, clean_fetch_dirs
 
@@ -104,7 +104,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         else:
             await db.require_current_schema()
         async with db.read_session() as session:  # a rotation interrupted before its key file moved
-            await complete_rotation(config.key_path, identity, session)
+            await keychain.complete_rotation(config.key_path, identity, session)
         blobs.prepare()
         for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start
             extension(node)
