@@ -34,7 +34,7 @@ from node.core.catalog import version_air
 from node.core.db import Database
 from node.core.errors import Conflict, InvalidInput
 from node.core.identity import NodeIdentity, Rotation, canonical_json
-from node.core.keychain import ROTATION_KIND, complete_rotation, logged_rotations, rotation_body
+from node.core.keychain import ROTATION_KIND, complete_rotation, logged_rotations, refresh_identity, rotation_body
 from node.core.tables import (LogEntry, LogHead, Model, ModelFile, ModelTag, ModelVersion, Tag, User,
                               utcnow)
 from node.core.vocabulary import ModelStatus
@@ -182,10 +182,8 @@ class FederationLog:
 
     async def refresh_key(self) -> None:
         """Adopt a rotation committed by another process (`atrium keys rotate` while serving)."""
-        async with self.db.read_session() as session:
-            head = await session.get(LogHead, self.node_id)
-            if head is not None and (head.key_id or self.node_id) != self.identity.key_id:
-                await self._adopt_key(session)
+        if self.key_path is not None:
+            await refresh_identity(self.db, self.identity, self.key_path)
 
     async def _write(self, session: AsyncSession, head: LogHead | None, kind: str, body: dict[str, Any]) -> LogEntry:
         seq, prev = (head.seq, head.entry_hash) if head else (0, GENESIS)

@@ -373,9 +373,9 @@ async def test_manifests_signed_before_and_after_a_rotation_verify_offline(nodes
     before = await (await a.call("GET", path)).read()
     node_id, genesis = a.node.node_id, a.node.identity.key_id
     await rotate(nodes.tmp_path / "a")
-    document = await (await a.call("GET", "/.well-known/atrium-node")).json()  # A adopts the new key
+    after = await (await a.call("GET", path)).read()  # A adopts the new key and re-signs the manifest
     new_key = a.node.identity.key_id
-    after = await (await a.call("GET", path)).read()  # re-signed with the new key
+    document = await (await a.call("GET", "/.well-known/atrium-node")).json()
     assert json.loads(after)["signatures"][0]["keyid"] == new_key != genesis
     signed = open_manifest(after, trusted_keys=[node_id])
     assert signed.node_id == node_id and signed.key_id == new_key and signed.keys[-1].from_seq == 3

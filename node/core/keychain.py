@@ -270,7 +270,20 @@ async def complete_rotation(key_path: Path, identity: NodeIdentity, session: Any
                       f"neither {key_path} nor {pending_path(key_path)} holds that key: restore it from a backup")
 
 
+async def refresh_identity(db: Any, identity: NodeIdentity, key_path: Path) -> bool:
+    """Adopt a rotation another process committed (`atrium keys rotate` beside a serving node, or
+    another `atrium serve` sharing the database): one read of the log's head, and the switch when it
+    names another key. True when the key changed."""
+    from node.core.tables import LogHead
+
+    async with db.read_session() as session:
+        head = await session.get(LogHead, identity.node_id)
+        if head is None or (head.key_id or identity.node_id) == identity.key_id:
+            return False
+        return await complete_rotation(key_path, identity, session)
+
+
 __all__ = ["KeyChainError", "KeyPeriod", "PROOF_PURPOSE", "ROTATION_KIND", "check_rotation", "chain_path",
            "complete_rotation", "finish_from_pending", "finish_rotation", "key_periods", "logged_rotations",
-           "pending_path", "proof_message", "read_chain", "rotation_body", "rotation_from_json", "rotation_json",
+           "pending_path", "proof_message", "read_chain", "refresh_identity", "rotation_body", "rotation_from_json", "rotation_json",
            "write_chain", "write_pending"]

@@ -105,6 +105,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             await db.require_current_schema()
         async with db.read_session() as session:  # a rotation interrupted before its key file moved
             await keychain.complete_rotation(config.key_path, identity, session)
+        distribution.key_path = config.key_path  # it adopts rotations other processes commit
         blobs.prepare()
         for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start
             extension(node)
