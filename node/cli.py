@@ -1056,11 +1056,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers-only", action="store_true",
                    help="download only from BitTorrent peers, not from the node's web seed (HTTP)")
 
+    from node.cli_mirror import add_commands as add_mirror_commands  # here: it imports node.cli
+
+    add_mirror_commands(sub, common, remote)
+
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")
     p.add_argument("--manifest", required=True, metavar="FILE",
                    help="the manifest (GET /api/node/v1/versions/ID/manifest)")
     p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
+
+    from node.cli_jobs import add_commands as add_job_commands  # here: node.cli_jobs imports node.cli
+
+    add_job_commands(sub, common, remote)
 
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")

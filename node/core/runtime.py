@@ -21,6 +21,7 @@ from node.core.db import Database
 from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
+from node.core.jobs import Jobs, collect_kinds
 from node.core.plugins import PluginHost
 from node.core.swarm import Swarm, clean_fetch_dirs
 
@@ -46,6 +47,7 @@ class Node:
     distribution: Distribution
     swarm: Swarm
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
+    jobs: Jobs = None  # type: ignore[assignment]  # set by open_node
     version: str = __version__
 
     @property
@@ -89,6 +91,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     if plugins is None:
         plugins = plugin_host_for(config)
         plugins.load(strict=True)
+    kinds = collect_kinds(plugins)
     db = Database.from_config(config)
     started: list[str] = []
     blobs = BlobStore(config.blobs_path)
@@ -96,7 +99,9 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     distribution = Distribution(db, blobs, identity, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
-                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution))
+                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
+                jobs=Jobs(db, config, kinds))
+    node.jobs.node = node
     try:
         if migrate:
             status = await db.upgrade()
@@ -117,9 +122,11 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             await node.swarm.start()  # before catch_up, so that its new torrents are seeded at once
         chores = asyncio.create_task(housekeeping(node), name="atrium-housekeeping")
         node.distribution.start()
+        await node.jobs.start()  # after the plugins started: their job kinds may use what startup opened
         try:
             yield node
         finally:
+            await node.jobs.close()
             await node.distribution.close()
             await node.swarm.close()
             chores.cancel()

@@ -1,14 +1,14 @@
 """the key each log's origin signs with now, and the keys it retired (key rotation)
 
 Revision ID: 0015
-Revises: 0011
+Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0011"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
