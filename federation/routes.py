@@ -137,7 +137,7 @@ async def _current_keys(request: web.Request, extra: dict[str, str] | None = Non
     if claimed is None or claimed[0] == claimed[1]:
         return {}
     known = await request.app[NODE].federation.followers.current_keys(claimed[0])
-    return {**(extra or {}), **known}
+    return {**known, **(extra or {})}  # a key just proven by the node document wins
 
 
 async def _signed_json(request: web.Request, extra_keys: dict[str, str] | None = None) -> tuple[str, dict]:
@@ -163,19 +163,27 @@ def _json_object(body: bytes) -> dict:
 async def add_follower(request: web.Request) -> web.Response:
     """A node asks to follow this one: `{"url"}`, signed by its key. Its URL must serve its node id (and,
     when it rotated its key, the key chain to the key it signed with)."""
-    if signature_node(request.headers) is None:
-        verify_request(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                       request.headers, None)  # says what is missing
-    url = _json_object(await request.read()).get("url")
-    if not isinstance(url, str):
-        raise InvalidInput("url: the follower's base URL is required")
-    url = normalize_peer_url(url)
-    served, served_key = await _served_node_id(url)
-    signer, _data = await _signed_json(request, {served: served_key} if served and served_key else None)
+    claimed = signature_node(request.headers)
+    if claimed is None or claimed[0] == claimed[1]:
+        signer, data = await _signed_json(request)  # checked before this node fetches anything
+        url = _follower_url(data)
+        served, served_key = await _served_node_id(url)
+    else:
+        # A rotated node's current key is proven by the key chain its URL serves: read it, then check.
+        url = _follower_url(_json_object(await request.read()))
+        served, served_key = await _served_node_id(url)
+        signer, _data = await _signed_json(request, {served: served_key} if served and served_key else None)
     fed = request.app[NODE].federation
     follower = await fed.followers.register(signer, url, served, served_key if signer == served else None)
     return web.json_response({"nodeId": follower.node_id, "state": follower.state},
                              status=201 if follower.state == "approved" else 202)
+
+
+def _follower_url(data: dict) -> str:
+    url = data.get("url")
+    if not isinstance(url, str):
+        raise InvalidInput("url: the follower's base URL is required")
+    return normalize_peer_url(url)
 
 
 async def _served_node_id(url: str) -> tuple[str | None, str | None]:

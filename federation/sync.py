@@ -68,7 +68,7 @@ class Syncer:
         self.own = own_log
         self.public_url = public_url  # where peers reach this node (sent when it asks to follow them)
         self._wakes: dict[int, asyncio.Event] = {}
-        self._introduced: set[int] = set()
+        self._introduced: set[tuple[int, str]] = set()  # (peer, the key this node introduced itself with)
         self.peers = peers
         self.settings = settings
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -158,9 +158,11 @@ class Syncer:
             raise LogRejected("blocked", f"{node_id} at {peer.url} is on federation.blocked")
         if peer.node_id is None or peer.name != name:
             await self._update(peer.id, node_id=node_id, name=name)  # type: ignore[arg-type]
-        if peer.id not in self._introduced:
+        await self.own.refresh_key()  # sign with the key this node's log names (a rotation may have run)
+        introduced = (peer.id, self.own.identity.key_id)  # after a rotation, introduce the new key again
+        if introduced not in self._introduced:
             await self._introduce(peer.url)
-            self._introduced.add(peer.id)  # type: ignore[arg-type]
+            self._introduced.add(introduced)  # type: ignore[arg-type]
         origins = await self._json(f"{peer.url}/federation/v1/origins")
         if not isinstance(origins, list):
             raise PeerError(f"{peer.url}: /federation/v1/origins is not a list")

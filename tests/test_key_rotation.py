@@ -471,6 +471,22 @@ async def test_a_follower_that_rotated_its_key_may_still_read_an_approved_only_l
     await wait_for(lambda: _has(b2, a, "After B Rotated"), timeout=20)  # B introduced its new key to A
     (row,) = await _followers(a)
     assert row.key_id == b2.node.identity.key_id and row.state == "approved"
+    first_rotation = row.key_id
+
+    # Rotated again while it serves: B adopts the key at its next sync round (a long-poll without news
+    # ends one) and introduces it to A, then reads with it.
+    out, _err = await rotate(nodes.tmp_path / "b")
+    newest = out.split("current:  ", 1)[1].split()[0]
+    assert newest != first_rotation
+
+    async def introduced() -> bool:
+        (row,) = await _followers(a)
+        return row.key_id == newest
+
+    await wait_for(introduced, timeout=20)
+    assert b2.node.identity.key_id == newest
+    await maker.published(safetensors_bytes(seed=11), name="Read With The Newest Key")
+    await wait_for(lambda: _has(b2, a, "Read With The Newest Key"), timeout=20)
 
 
 async def _followers(api: Api) -> list:
