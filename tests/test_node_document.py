@@ -63,7 +63,7 @@ async def test_the_node_document_names_the_node_its_keys_endpoints_and_policy(ap
         assert status in (200, 202, 400), (path, status)  # proofs without parameters: 400, not 404
     assert document["policy"] == {"followers": "anyone", "blocked": 0, "syncsFollowedNodes": True,
                                   "registration": "closed", "plugins": [], "defaultBrowsingLevel": 1,
-                                  "swarm": api_on.node.config.swarm.enabled}
+                                  "swarm": api_on.node.config.swarm.enabled, "mirroring": None}
 
     # After a rotation: the same id, the new key current, the old one valid up to the rotation entry,
     # and the signed rotation that proves it, checkable with the node id alone.
@@ -192,3 +192,15 @@ async def test_a_followed_rotation_is_stored_with_the_cursor_and_its_key_signs_r
     signed = sign_request(fake.identity, "POST", "/federation/v1/inbox", "", body)
     accepted = await api_on.call("POST", "/federation/v1/inbox", data=body, headers=signed)
     assert accepted.status == 403 and "does not follow" in (await accepted.json())["detail"]
+
+
+async def test_the_policy_names_the_mirroring_strategy_and_budget(aiohttp_client: Any, tmp_path: Path) -> None:
+    from node.app import create_app
+    from node.core.plugins import PluginHost
+    from tests.conftest import make_config, write_node
+
+    write_node(tmp_path / "data")
+    config = make_config(tmp_path / "data", federation={"mirror": {"strategy": "recent", "budget": "2G"}})
+    client = await aiohttp_client(create_app(config, migrate=True, plugins=PluginHost([], available={})))
+    document = await (await client.get("/.well-known/atrium-node")).json()
+    assert document["policy"]["mirroring"] == {"strategy": "recent", "budgetBytes": 2 * 1024**3}

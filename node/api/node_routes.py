@@ -88,6 +88,9 @@ def _policy(node: Any) -> dict[str, Any]:
         # The content level a visitor of the web pages sees before choosing another (1: PG).
         "defaultBrowsingLevel": BrowserSession.model_fields["browsing_level"].default,
         "swarm": config.swarm.enabled,
+        # Which followed nodes' files this node keeps copies of and seeds ([federation.mirror]).
+        "mirroring": {"strategy": config.mirror.strategy, "budgetBytes": config.mirror.budget}
+        if config.mirror.strategy != "none" else None,
     }
 
 
