@@ -1073,6 +1073,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_job_commands(sub, common, remote)
 
+    from node.cli_generate import add_commands as add_generate_commands  # here: it imports node.cli
+
+    add_generate_commands(sub, common, remote)
+
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
     command("check", cmd_config_check, "validate node.toml, the key file and the enabled plugins", config)

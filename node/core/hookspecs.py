@@ -42,3 +42,18 @@ def atrium_routes(routes: web.RouteTableDef) -> None:
 @hookspec
 def atrium_job_kinds(register: Any) -> None:
     """Fires at startup (a plain function, not async); call `register(JobKind(...))` for each job kind the plugin runs. Returns nothing."""
+
+
+@hookspec
+def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
+    """Fires before a generation is queued (`context` is a node.core.moderation.CheckContext); returns a list of node.core.moderation.Violation (empty to allow); any violation refuses the request."""
+
+
+@hookspec
+def atrium_generation_adapters(request: Any, register: Any) -> Any:
+    """Fires while a generation is prepared (`request` is the validated generation request); call register(node.core.moderation.GenerationAdapter(...)) for each adapter to apply to it. Returns nothing."""
+
+
+@hookspec
+def atrium_check_image(image: Any, metadata: dict[str, Any], context: Any) -> Any:
+    """Fires for each generated image before it is stored (`image` a PIL image, `metadata` its parameters text and resources); returns a list of Violation and ImageLabel; a violation discards the image and fails the job."""
