@@ -31,6 +31,7 @@ def attach(node: Any) -> Federation:
     peers = Peers(node.db, node.config.federation)
     followers = Followers(node.db, node.identity, node.config.federation)
     node.catalog.journals.append(log.journal)
+    node.reports.label_journals.append(log.journal_label)
     log.on_append.append(followers.push_soon)
     node.federation = Federation(log=log, peers=peers,
                                  syncer=Syncer(node.db, log, peers, node.config.federation,

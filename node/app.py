@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 import federation
 from federation import routes as federation_routes
-from node.api import accounts, catalog, civitai, distribution, files, node_routes, swarm
+from node.api import accounts, catalog, civitai, distribution, files, moderation, node_routes, swarm
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -95,6 +95,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(distribution.routes)
     app.add_routes(federation_routes.routes)
     app.add_routes(swarm.routes)
+    app.add_routes(moderation.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     add_web(app)

@@ -1012,6 +1012,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="AIR_OR_MODEL_ID")
     p.add_argument("--json", action="store_true", help="print the model and the version as JSON")
 
+    from node import cli_moderation
+
+    cli_moderation.add_commands(sub, common, remote)
+
     p = command("follow", cmd_follow, "follow another node: mirror its signed catalog log")
     p.add_argument("url", metavar="URL", help="the node's base URL, e.g. https://models.example.org")
     p = command("unfollow", cmd_unfollow, "stop following a node")

@@ -169,6 +169,18 @@ class FederationSection:
                                       "request's `followed=true|false` overrides it.")
     blocked: list[str] = key([], "Node ids (`z6Mk...`) and domains (`example.org`, which also blocks its "
                              "subdomains) this node neither follows, nor mirrors, nor lets follow it.")
+    trusted_labelers: list[str] = key([], "Node ids whose moderators' content labels (signed `label` log "
+                                      "entries) change the level this node shows for followed nodes' models "
+                                      "(docs/moderation.md). This node's own labels always apply; a model's "
+                                      "origin sets its level in the model's own entries.")
+
+
+@dataclass
+class ModerationSection:
+    """Reports, moderator actions and appeals (docs/moderation.md)."""
+
+    reports_per_hour: int = key(20, "Most reports one member may file in an hour; more get 429.",
+                                minimum=1, maximum=10000)
 
 
 @dataclass
@@ -222,6 +234,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "federation": FederationSection,
     "swarm": SwarmSection,
+    "moderation": ModerationSection,
     "plugins": PluginsSection,
 }
 
@@ -241,6 +254,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     federation: FederationSection = field(default_factory=FederationSection)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    moderation: ModerationSection = field(default_factory=ModerationSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)

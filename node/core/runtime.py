@@ -21,6 +21,7 @@ from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
+from node.core.reports import Reports
 from node.core.swarm import Swarm, clean_fetch_dirs
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Node:
     ingest: Ingest
     distribution: Distribution
     swarm: Swarm
+    reports: Reports
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     version: str = __version__
 
@@ -95,7 +97,8 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     distribution = Distribution(db, blobs, identity, config.node.name)
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
-                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution))
+                distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
+                reports=Reports(db, catalog, identity.node_id, config.moderation.reports_per_hour))
     try:
         if migrate:
             status = await db.upgrade()
