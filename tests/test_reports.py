@@ -346,3 +346,41 @@ async def test_the_moderation_commands_talk_to_the_node(people: People, capsys: 
     assert code == 1 and "moderator" in err
     code, out, err = await atrium("report", "model:1", "--reason", "Spam")
     assert code != 0 and "token" in err
+
+
+async def test_the_image_scorer_raises_an_uploads_level_and_never_lowers_it(tmp_path: Any,
+                                                                           aiohttp_client: Any) -> None:
+    from node.app import create_app
+    from node.core.plugins import PluginHost
+    from node.core.scoring import ImageScorer
+    from tests.conftest import make_config, write_node
+
+    image = png_with_parameters("a cat", size=(96, 96))
+    # Thresholds at 0: whatever the real model says about an orange square, it is X at least.
+    config = make_config(write_node(tmp_path / "node"), moderation={
+        "image_scorer": "opennsfw", "scorer_pg13_at": 0.0, "scorer_r_at": 0.0, "scorer_x_at": 0.0})
+    app = create_app(config, migrate=True, plugins=PluginHost([], available={}))
+    api = Api(client=await aiohttp_client(app), app=app)
+    scorer = api.node.ingest.scorer
+    assert isinstance(scorer, ImageScorer)
+    score = await asyncio.to_thread(scorer.score, image)
+    assert 0.0 <= score < 0.2  # a plain orange square is safe for work
+    member = await api.user("painter")
+    response = await api.call("POST", "/api/node/v1/images?nsfw_level=1", member, data=image)
+    assert response.status == 201 and (await response.json())["nsfwLevel"] == 8
+    response = await api.call("POST", "/api/node/v1/images?nsfw_level=16", member, data=image)
+    assert (await response.json())["nsfwLevel"] == 16  # the uploader's higher choice stands
+    # With the default thresholds the same square keeps the uploader's level.
+    scorer.pg13_at, scorer.r_at, scorer.x_at = 0.2, 0.5, 0.85
+    response = await api.call("POST", "/api/node/v1/images?nsfw_level=2", member, data=image)
+    assert (await response.json())["nsfwLevel"] == 2
+
+
+def test_scorer_thresholds_that_decrease_are_refused(tmp_path: Any) -> None:
+    from node.core.errors import ConfigError
+    from node.core.scoring import load_scorer
+    from tests.conftest import make_config
+
+    config = make_config(tmp_path, moderation={"image_scorer": "opennsfw", "scorer_r_at": 0.9, "scorer_x_at": 0.5})
+    with pytest.raises(ConfigError, match="must not decrease"):
+        load_scorer(config.moderation)

