@@ -1056,6 +1056,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the manifest (GET /api/node/v1/versions/ID/manifest)")
     p.add_argument("--key", metavar="NODE_ID", help="require a signature by this node id (z6Mk...)")
 
+    from node.cli_jobs import add_commands as add_job_commands  # here: node.cli_jobs imports node.cli
+
+    add_job_commands(sub, common, remote)
+
     config = sub.add_parser("config", help="configuration", parents=[common]).add_subparsers(
         dest="config_command", required=True, metavar="ACTION")
     command("check", cmd_config_check, "validate node.toml, the key file and the enabled plugins", config)

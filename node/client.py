@@ -184,6 +184,45 @@ class NodeClient:
         """The model version an AIR names (with its model's name and type)."""
         return await self.get("/api/node/v1/air/" + quote(air, safe=":@+.-_"))
 
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def submit_job(self, kind: str, params: Mapping[str, Any]) -> Any:
+        """Queue a job on the node; returns the job's JSON (status pending)."""
+        return await self.post("/api/node/v1/jobs", {"kind": kind, "params": dict(params)})
+
+    async def job(self, job_id: int) -> Any:
+        return await self.get(f"/api/node/v1/jobs/{int(job_id)}")
+
+    async def jobs(self, *, all_users: bool = False, status: str | None = None, kind: str | None = None,
+                   limit: int | None = None) -> Any:
+        return await self.get("/api/node/v1/jobs", all="1" if all_users else None, status=status, kind=kind,
+                              limit=limit)
+
+    async def cancel_job(self, job_id: int) -> Any:
+        return await self.post(f"/api/node/v1/jobs/{int(job_id)}/cancel")
+
+    async def job_events(self, job_id: int) -> AsyncIterator[tuple[str, Any]]:
+        """The job's Server-Sent Events as (event, data) until the node ends the stream; NodeUnreachable
+        when the connection drops."""
+        try:
+            async with self.session.get(self.url(f"/api/node/v1/jobs/{int(job_id)}/events"),
+                                        headers={"Accept": "text/event-stream"}) as response:
+                if response.status >= 400:
+                    raise _error_from(response.status, await response.text(), response.reason)
+                name, data = "message", []
+                async for raw in response.content:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if not line:
+                        if data:
+                            yield name, json.loads("\n".join(data))
+                        name, data = "message", []
+                    elif line.startswith("event:"):
+                        name = line[len("event:"):].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[len("data:"):].strip())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _unreachable(self.base_url, exc) from None
+
     # -- files ---------------------------------------------------------------------------------
 
     async def add_image(self, version_id: int, path: Path, *, nsfw_level: int = 1) -> Any:

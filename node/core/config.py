@@ -231,6 +231,29 @@ class SwarmSection:
                         "every peer that fetched a file through this node.")
 
 
+@dataclass
+class JobsSection:
+    """The job runner: generation, training and other long work done by workers (docs/jobs.md)."""
+
+    workers: int = key(1, "Jobs this node's own process works at once (in-process workers); 0: only remote "
+                       "workers (`atrium worker`) run jobs. GPU jobs run one at a time per device whatever "
+                       "this says.", minimum=0, maximum=64)
+    lease_seconds: int = key(60, "How long a claimed job stays with its worker without news from it. Workers "
+                             "renew the lease every third of this; a job whose lease runs out (its worker or "
+                             "node died) is given to another worker.", minimum=1, maximum=3600)
+    max_attempts: int = key(3, "Claims of one job before a job whose lease keeps running out is given up (status "
+                            "expired). A job kind may set its own limit.", minimum=1, maximum=100)
+    max_queued_per_user: int = key(10, "Jobs one user may have pending or running at once; more get 429. Admins "
+                                   "are exempt.", minimum=1)
+    keep_days: int = key(7, "Finished jobs, with their output files, are deleted this many days after they "
+                         "finished; 0 keeps them forever.", minimum=0)
+    poll_seconds: int = key(2, "How often workers look for jobs submitted by other processes (a job submitted "
+                            "to this process wakes its workers at once) and how often expired leases are "
+                            "looked for.", minimum=1, maximum=60)
+    max_file_bytes: int = key(1024**3, "Largest output file a remote worker may upload for a job, in bytes "
+                              "(default 1 GiB).", minimum=1024)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection,
     "http": HttpSection,
@@ -243,6 +266,7 @@ SECTIONS: dict[str, type] = {
     "federation": FederationSection,
     "swarm": SwarmSection,
     "moderation": ModerationSection,
+    "jobs": JobsSection,
     "plugins": PluginsSection,
 }
 
@@ -263,6 +287,7 @@ class Config:
     federation: FederationSection = field(default_factory=FederationSection)
     swarm: SwarmSection = field(default_factory=SwarmSection)
     moderation: ModerationSection = field(default_factory=ModerationSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -283,6 +308,11 @@ class Config:
     def swarm_path(self) -> Path:
         """Where the BitTorrent session keeps its resume data."""
         return self.data_dir / "swarm"
+
+    @property
+    def jobs_path(self) -> Path:
+        """Where jobs keep their output files (one directory per job)."""
+        return self.data_dir / "jobs"
 
     @property
     def database_url(self) -> str:

@@ -37,3 +37,8 @@ def atrium_shutdown(node: Node) -> Any:
 @hookspec
 def atrium_routes(routes: web.RouteTableDef) -> None:
     """Fires while the HTTP app is built (a plain function, not async); add routes to `routes` under a prefix of the plugin's own, each mutating handler marked with `node.api.auth.requires` or `public`. Returns nothing."""
+
+
+@hookspec
+def atrium_job_kinds(register: Any) -> None:
+    """Fires at startup (a plain function, not async); call `register(JobKind(...))` for each job kind the plugin runs. Returns nothing."""

@@ -20,6 +20,7 @@ from node.core.db import Database
 from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
+from node.core.jobs import Jobs, collect_kinds
 from node.core.plugins import PluginHost
 from node.core.reports import Reports
 from node.core.scoring import load_scorer
@@ -48,6 +49,7 @@ class Node:
     swarm: Swarm
     reports: Reports
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
+    jobs: Jobs = None  # type: ignore[assignment]  # set by open_node
     version: str = __version__
 
     @property
@@ -91,6 +93,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     if plugins is None:
         plugins = plugin_host_for(config)
         plugins.load(strict=True)
+    kinds = collect_kinds(plugins)
     db = Database.from_config(config)
     started: list[str] = []
     blobs = BlobStore(config.blobs_path)
@@ -99,7 +102,9 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
                 distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
-                reports=Reports(db, catalog, identity.node_id, config.moderation.reports_per_hour))
+                reports=Reports(db, catalog, identity.node_id, config.moderation.reports_per_hour),
+                jobs=Jobs(db, config, kinds))
+    node.jobs.node = node
     try:
         if migrate:
             status = await db.upgrade()
@@ -118,9 +123,11 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             await node.swarm.start()  # before catch_up, so that its new torrents are seeded at once
         chores = asyncio.create_task(housekeeping(node), name="atrium-housekeeping")
         node.distribution.start()
+        await node.jobs.start()  # after the plugins started: their job kinds may use what startup opened
         try:
             yield node
         finally:
+            await node.jobs.close()
             await node.distribution.close()
             await node.swarm.close()
             chores.cancel()

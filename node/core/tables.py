@@ -557,3 +557,55 @@ class ContentLabel(SQLModel, table=True):
     level: int
     seq: int = Field(default=0)  # the labeler's log entry
     created_at: datetime = timestamp()
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+class Job(SQLModel, table=True):
+    """A unit of long work (a generation, a training run) done by a worker; see node/core/jobs.py."""
+
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=64)
+    owner_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    # pending, running, succeeded, failed, cancelled, expired (node.core.jobs.JobStatus)
+    status: str = Field(max_length=16, index=True)
+    params: dict[str, Any] = json_column(dict)
+    progress: float = Field(default=0.0)
+    message: str = Field(default="", max_length=500)
+    detail: dict[str, Any] | None = json_column()
+    result: dict[str, Any] | None = json_column()
+    error: str | None = Field(default=None, max_length=2000)
+    # Claims so far; a job whose lease runs out is retried while attempts < max_attempts.
+    attempts: int = Field(default=0)
+    max_attempts: int = Field(default=3)
+    gpu: bool = Field(default=False)
+    cancel_requested: bool = Field(default=False)
+    # The SHA-256 of the current attempt's lease token: only its holder may report on the job.
+    lease_hash: str | None = Field(default=None, max_length=64)
+    worker: str | None = Field(default=None, max_length=100)
+    device: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = timestamp(nullable=True)
+    heartbeat_at: datetime | None = timestamp(nullable=True)
+    # [{"name", "size", "content_type"}] of the stored output files (DATA/jobs/<id>/files/).
+    files: list[dict[str, Any]] = json_column(list)
+    created_at: datetime = timestamp()
+    started_at: datetime | None = timestamp(nullable=True)
+    finished_at: datetime | None = timestamp(nullable=True, index=True)
+
+
+class WorkerToken(SQLModel, table=True):
+    """A remote worker's credential (`atrium workers add`): it may only claim and report on jobs. Only its
+    SHA-256 is stored, like API tokens."""
+
+    __tablename__ = "worker_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = timestamp()
+    last_seen_at: datetime | None = timestamp(nullable=True)
+    revoked_at: datetime | None = timestamp(nullable=True)
