@@ -196,6 +196,9 @@ async def test_bad_actions_answer_4xx(people: People) -> None:
     assert "unknown value 'smite'" in (await people.act(target, "smite", expect=400))["detail"]
     assert "no open report" in (await people.act(target, "dismiss", expect=409))["detail"]
     assert "nothing to restore" in (await people.act(target, "restore", expect=409))["detail"]
+    await people.owner.json("POST", f"/api/node/v1/models/{people.model['id']}/unpublish")
+    assert "its owner unpublished it" in (await people.act(target, "restore", expect=409))["detail"]
+    await people.owner.json("POST", f"/api/node/v1/models/{people.model['id']}/publish")
     assert (await people.act("image:424242", "takedown", expect=404))["error"] == "not_found"
     assert "remote:ORIGIN:ID" in (await people.act("remote:12", "relabel", level="R", expect=400))["detail"]
     member = await people.call("POST", "/api/node/v1/moderation/actions", people.alice, 403,

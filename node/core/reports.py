@@ -410,6 +410,10 @@ class Reports:
             if model.mode == ModelMode.TAKEN_DOWN:
                 model.mode, kind = None, MODE_KINDS[None]
             elif model.status == ModelStatus.UNPUBLISHED and model.published_at is not None:
+                # Only what a moderator unpublished: an owner's own unpublishing is theirs to undo.
+                if await self._last_status_action(session, model.id) != Action.UNPUBLISH:  # type: ignore[arg-type]
+                    raise Conflict(f"model {model.id} was not unpublished by a moderator's unpublish action: "
+                                   "its owner unpublished it (theirs to publish again) or a ban did (unban)")
                 model.status, kind = ModelStatus.PUBLISHED.value, STATUS_KINDS[ModelStatus.PUBLISHED]
             else:
                 raise Conflict(f"model {model.id} is neither taken down nor unpublished; nothing to restore")
@@ -419,6 +423,13 @@ class Reports:
         if model.nsfw_level != before and model.published_at is not None:
             for journal in self.label_journals:
                 await journal(session, self.node_id, model.id, model.nsfw_level)  # type: ignore[arg-type]
+
+    async def _last_status_action(self, session: AsyncSession, model_id: int) -> str | None:
+        """The latest unpublish or restore recorded on a model (None when there is none)."""
+        return (await session.exec(select(ModAction.action).where(
+            ModAction.target_kind == TargetKind.MODEL.value, ModAction.target_id == model_id,
+            col(ModAction.action).in_([Action.UNPUBLISH.value, Action.RESTORE.value]))
+            .order_by(col(ModAction.id).desc()))).first()
 
     async def _last_takedown(self, session: AsyncSession, target: Target) -> int | None:
         row = (await session.exec(select(ModAction).where(
