@@ -112,3 +112,66 @@ async def _labels_of(api: Api, labeler: Api) -> list[ContentLabel]:
     async with api.node.db.read_session() as session:
         return list((await session.exec(select(ContentLabel).where(
             ContentLabel.labeler == labeler.node.node_id))).all())
+
+
+def _signed(identity: Any, seq: int, kind: str, body: dict[str, Any], prev: str) -> Any:
+    from federation.log import SignedEntry, canonical
+
+    data = canonical({"body": body, "kind": kind, "node": identity.node_id, "prev": prev, "seq": seq,
+                      "ts": "2026-11-23T00:00:00Z"})
+    return SignedEntry(data, identity.sign(data))
+
+
+async def test_label_entries_are_stored_and_applied_the_same_way_on_each_backend(api_on: Api) -> None:
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from federation.verify import check_batch
+    from node.core.identity import NodeIdentity
+
+    origin, labeler = (NodeIdentity(Ed25519PrivateKey.generate()) for _ in range(2))
+    syncer = api_on.node.federation.syncer
+
+    async def apply(identity: Any, entries: list[Any]) -> None:
+        cursor = await syncer.cursor(identity.node_id, leaves=True)
+        await syncer.apply(identity.node_id, entries, check_batch(cursor, entries))
+
+    models = []
+    for seq in (1, 2):
+        prev = hashlib.sha256(models[-1].data).hexdigest() if models else "0" * 64
+        models.append(_signed(origin, seq, "model.published", {"nodeName": "o", "model": {
+            "id": seq, "name": f"M{seq}", "type": "LORA", "status": "Published", "nsfwLevel": 1, "versions": []}},
+            prev))
+    await apply(origin, models)
+    target = {"origin": origin.node_id, "model": 1}
+    first = _signed(labeler, 1, "label", {"target": target, "level": 8}, "0" * 64)
+    await apply(labeler, [first])  # not trusted: kept, not applied
+    async with api_on.node.db.read_session() as session:
+        stored = await session.get(ContentLabel, (labeler.node_id, origin.node_id, 1))
+    assert stored is not None and stored.level == 8 and stored.seq == 1
+    assert await level_of(api_on, origin.node_id, 1) == 1
+
+    api_on.node.config.federation.trusted_labelers.append(labeler.node_id)
+    second = _signed(labeler, 2, "label", {"target": target, "level": 4}, hashlib.sha256(first.data).hexdigest())
+    await apply(labeler, [second])  # trusted now: the newer label replaces the older and applies
+    assert await level_of(api_on, origin.node_id, 1) == 4
+    assert await level_of(api_on, origin.node_id, 2) == 1
+    # The origin's next description of the model keeps the trusted label's level.
+    update = _signed(origin, 3, "model.updated", {"nodeName": "o", "model": {
+        "id": 1, "name": "M1 again", "type": "LORA", "status": "Published", "nsfwLevel": 2, "versions": []}},
+        hashlib.sha256(models[-1].data).hexdigest())
+    await apply(origin, [update])
+    assert await level_of(api_on, origin.node_id, 1) == 4
+    # This node's moderators label the other model themselves.
+    mod = await api_on.user("mod", Role.MODERATOR)
+    await act(api_on, mod, "remote:o:2", "relabel", level="XXX")
+    assert await level_of(api_on, origin.node_id, 2) == 16
+    async with api_on.node.db.read_session() as session:
+        own = await session.get(ContentLabel, (api_on.node.node_id, origin.node_id, 2))
+    assert own is not None and own.level == 16
+
+
+async def level_of(api: Api, origin: str, model_id: int) -> int | None:
+    rows = [r for r in await remote(api, origin) if r.remote_id == model_id]
+    return rows[0].nsfw_level if rows else None
