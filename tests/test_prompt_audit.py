@@ -166,3 +166,32 @@ async def test_the_plugin_refuses_to_start_with_a_bad_pattern(tmp_path: Any) -> 
         import plugins.moderation as plugin
 
         assert [v.rule for v in plugin.policy.check("gore")] == ["banned"]
+
+
+async def test_the_check_prompt_hook_answers_violations_naming_the_rule() -> None:
+    from node.core import hookspecs
+
+    if not hasattr(hookspecs, "atrium_check_prompt"):
+        pytest.skip("the atrium_check_prompt hook arrives with the generation plugin (branch gen)")
+    from node.core.moderation import CheckContext, Violation
+    from node.core.plugins import PluginHost
+
+    import plugins.moderation as plugin
+
+    host = PluginHost(["moderation"])
+    host.load(strict=True)
+    saved = plugin.policy
+    plugin.policy = AuditPolicy.from_table(POLICY)
+    try:
+        context = CheckContext(user=None, purpose="generate", request={"prompt": "x"})
+        (found,) = await host.call("atrium_check_prompt", prompt="a l0li in a park", negative="child",
+                                   context=context)
+        assert found == [Violation(rule="minors", message=found[0].message)]
+        assert "'loli'" in found[0].message
+        assert await host.call("atrium_check_prompt", prompt="a cat", negative="child, loli",
+                               context=context) == [[]]
+        over = CheckContext(user=None, purpose="generate", request={"nsfw_level": 16})
+        (found,) = await host.call("atrium_check_prompt", prompt="a cat", negative="", context=over)
+        assert [v.rule for v in found] == ["max_generation_level"]
+    finally:
+        plugin.policy = saved

@@ -8,14 +8,16 @@ with this plugin disabled.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from node.core import hookspecs
 from node.core.hookspecs import hookimpl
 from node.core.plugins import require_modules
 
 require_modules("moderation")
 
-from plugins.moderation.audit import AuditPolicy  # noqa: E402  (after the check that names the missing extra)
+from plugins.moderation.audit import AuditPolicy, check_prompt  # noqa: E402  (after the extra is checked)
 
 NAME = "moderation"
 # The node's audit rules, set at startup (one node per process; tests start their own).
@@ -26,3 +28,23 @@ policy: AuditPolicy = AuditPolicy.from_table({})
 def atrium_startup(node: Any) -> None:
     global policy
     policy = AuditPolicy.from_table(node.config.plugin_table(NAME), f"plugins.{NAME}")
+
+
+def requested_level(context: Any) -> Any:
+    """The content level a generation request asks for, if it names one."""
+    request = getattr(context, "request", None)
+    if not isinstance(request, dict):
+        return None
+    return request.get("nsfw_level", request.get("nsfwLevel"))
+
+
+# The check hooks arrive with the generation plugin's hookspecs; until a node has them, the audit is
+# validated at startup and available as functions (plugins/moderation/audit.py).
+if hasattr(hookspecs, "atrium_check_prompt"):
+    @hookimpl
+    async def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
+        """The prompt's audit violations (the negative prompt names what to avoid: not audited)."""
+        from node.core.moderation import Violation
+
+        found = await asyncio.to_thread(check_prompt, policy, prompt, requested_level(context))
+        return [Violation(rule=v.rule, message=v.message) for v in found]
