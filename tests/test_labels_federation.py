@@ -170,6 +170,12 @@ async def test_label_entries_are_stored_and_applied_the_same_way_on_each_backend
     async with api_on.node.db.read_session() as session:
         own = await session.get(ContentLabel, (api_on.node.node_id, origin.node_id, 2))
     assert own is not None and own.level == 16
+    log = await (await api_on.call("GET", "/api/node/v1/moderation/log", mod,
+                                   params={"target": f"remote:{origin.node_id}:2"})).json()
+    assert [(a["action"], a["target"], a["level"]) for a in log["items"]] == \
+        [("relabel", f"remote:{origin.node_id}:2", 16)]
+    response = await api_on.call("GET", "/api/node/v1/moderation/log", mod, params={"target": "remote:o:1"})
+    assert (await response.json())["items"] == []
 
 
 async def level_of(api: Api, origin: str, model_id: int) -> int | None:

@@ -503,13 +503,11 @@ class Reports:
         _check_limit(limit)
         stmt = select(ModAction)
         if target is not None:
-            kind, rest = parse_target(target)
-            if not rest.isdigit():
-                async with self.db.read_session() as session:
-                    resolved = await self._resolve(session, target)
-                stmt = stmt.where(ModAction.target_kind == kind.value, ModAction.target_id == resolved.id)
-            else:
-                stmt = stmt.where(ModAction.target_kind == kind.value, ModAction.target_id == int(rest))
+            async with self.db.read_session() as session:
+                resolved = await self._resolve(session, target)
+            stmt = stmt.where(ModAction.target_kind == resolved.kind.value, ModAction.target_id == resolved.id)
+            if resolved.origin is not None:
+                stmt = stmt.where(ModAction.target_origin == resolved.origin)
         if before is not None:
             stmt = stmt.where(col(ModAction.id) < before)
         async with self.db.read_session() as session:
