@@ -195,3 +195,38 @@ async def test_the_check_prompt_hook_answers_violations_naming_the_rule() -> Non
         assert [v.rule for v in found] == ["max_generation_level"]
     finally:
         plugin.policy = saved
+
+
+async def test_the_check_image_hook_labels_generated_images_and_refuses_levels_above_the_cap(
+        tmp_path: Any) -> None:
+    from node.core import hookspecs
+
+    if not hasattr(hookspecs, "atrium_check_image"):
+        pytest.skip("the atrium_check_image hook arrives with the generation plugin (branch gen)")
+    from PIL import Image as PILImage
+
+    from node.core.config import ModerationSection
+    from node.core.moderation import CheckContext, ImageLabel, Violation
+    from node.core.plugins import PluginHost
+    from node.core.scoring import load_scorer
+
+    import plugins.moderation as plugin
+
+    host = PluginHost(["moderation"])
+    host.load(strict=True)
+    saved = plugin.policy, plugin.scorer
+    image = PILImage.new("RGB", (96, 96), "orange")
+    context = CheckContext(user=None, purpose="generate")
+    try:
+        plugin.policy = AuditPolicy.from_table({"max_generation_level": "R"})
+        plugin.scorer = None
+        assert await host.call("atrium_check_image", image=image, metadata={}, context=context) == [[]]
+        plugin.scorer = load_scorer(ModerationSection(image_scorer="opennsfw"))
+        (found,) = await host.call("atrium_check_image", image=image, metadata={}, context=context)
+        assert [type(f) for f in found] == [ImageLabel] and found[0].name == "nsfw" and found[0].score < 0.2
+        plugin.scorer.x_at = 0.0  # every image now scores as X, above R
+        (found,) = await host.call("atrium_check_image", image=image, metadata={}, context=context)
+        violation = next(f for f in found if isinstance(f, Violation))
+        assert violation.rule == "max_generation_level" and "scores as X" in violation.message
+    finally:
+        plugin.policy, plugin.scorer = saved

@@ -29,9 +29,10 @@ class ImageScorer:
     r_at: float
     x_at: float
 
-    def score(self, data: bytes) -> float:
-        """The model's NSFW probability for an image's bytes. Blocks (run it in a thread)."""
-        return float(self.classifier.classify(data).nsfw)
+    def score(self, image: Any) -> float:
+        """The model's NSFW probability for an image (its bytes, or a PIL image). Blocks (run it in a
+        thread)."""
+        return float(self.classifier.classify(image).nsfw)
 
     def level_for(self, score: float) -> int:
         """The lowest level an image with this score may have."""

@@ -20,14 +20,16 @@ require_modules("moderation")
 from plugins.moderation.audit import AuditPolicy, check_prompt  # noqa: E402  (after the extra is checked)
 
 NAME = "moderation"
-# The node's audit rules, set at startup (one node per process; tests start their own).
+# The node's audit rules and image scorer, set at startup (one node per process; tests start their own).
 policy: AuditPolicy = AuditPolicy.from_table({})
+scorer: Any = None  # node.core.scoring.ImageScorer when [moderation] image_scorer is set
 
 
 @hookimpl
 def atrium_startup(node: Any) -> None:
-    global policy
+    global policy, scorer
     policy = AuditPolicy.from_table(node.config.plugin_table(NAME), f"plugins.{NAME}")
+    scorer = node.ingest.scorer
 
 
 def requested_level(context: Any) -> Any:
@@ -48,3 +50,22 @@ if hasattr(hookspecs, "atrium_check_prompt"):
 
         found = await asyncio.to_thread(check_prompt, policy, prompt, requested_level(context))
         return [Violation(rule=v.rule, message=v.message) for v in found]
+
+
+if hasattr(hookspecs, "atrium_check_image"):
+    @hookimpl
+    async def atrium_check_image(image: Any, metadata: dict[str, Any], context: Any) -> Any:
+        """With an image scorer: the generated image's score as a label, and a violation when the level
+        it scores at is above `max_generation_level` (the image is discarded)."""
+        from node.core.moderation import ImageLabel, Violation
+
+        if scorer is None:
+            return []
+        score = await asyncio.to_thread(scorer.score, image)
+        level = scorer.level_for(score)
+        found: list[Any] = [ImageLabel("nsfw", round(score, 4))]
+        over = policy.check_level(level)
+        if over is not None:
+            found.append(Violation(rule=over.rule, message=f"the generated image scores as {over.term} "
+                                   f"(nsfw {score:.2f}); {over.message.split('; ')[0]}"))
+        return found
