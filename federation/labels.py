@@ -22,6 +22,8 @@ from node.core.tables import ContentLabel, RemoteModel, utcnow
 from node.core.vocabulary import NsfwLevel
 
 LEVELS = frozenset(int(level) for level in NsfwLevel if level != NsfwLevel.BLOCKED)
+# A catch-up batch may describe many thousands of models; bound the parameters of one statement.
+KEYS_PER_QUERY = 500
 
 
 def label_rows(labeler: str, fields: Iterable[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -57,15 +59,19 @@ async def store_labels(session: AsyncSession, labeler: str, fields: list[dict[st
 async def apply_labels(session: AsyncSession, trusted: Iterable[str], models: Iterable[tuple[str, int]]) -> None:
     """Give each listed mirrored model the highest level its trusted labels set (untouched without one)."""
     keys = list(dict.fromkeys(models))
-    if not keys:
-        return
-    rows = (await session.exec(select(ContentLabel.origin, ContentLabel.model_id, sa.func.max(ContentLabel.level))
-                               .where(col(ContentLabel.labeler).in_(list(trusted)),
-                                      sa.tuple_(ContentLabel.origin, ContentLabel.model_id).in_(keys))
-                               .group_by(ContentLabel.origin, ContentLabel.model_id))).all()
-    for origin, model_id, level in rows:
-        await session.exec(sa.update(RemoteModel).where(  # type: ignore[call-overload]
-            col(RemoteModel.origin) == origin, col(RemoteModel.remote_id) == model_id).values(nsfw_level=level))
+    labelers = list(trusted)
+    if not keys or (await session.exec(select(ContentLabel.model_id).where(
+            col(ContentLabel.labeler).in_(labelers)).limit(1))).first() is None:
+        return  # the usual case, a node with no labels to apply: one probe per batch
+    for start in range(0, len(keys), KEYS_PER_QUERY):
+        rows = (await session.exec(
+            select(ContentLabel.origin, ContentLabel.model_id, sa.func.max(ContentLabel.level))
+            .where(col(ContentLabel.labeler).in_(labelers),
+                   sa.tuple_(ContentLabel.origin, ContentLabel.model_id).in_(keys[start:start + KEYS_PER_QUERY]))
+            .group_by(ContentLabel.origin, ContentLabel.model_id))).all()
+        for origin, model_id, level in rows:
+            await session.exec(sa.update(RemoteModel).where(  # type: ignore[call-overload]
+                col(RemoteModel.origin) == origin, col(RemoteModel.remote_id) == model_id).values(nsfw_level=level))
 
 
 __all__ = ["apply_labels", "label_rows", "store_labels"]
