@@ -52,17 +52,18 @@ async def store_labels(session: AsyncSession, labeler: str, fields: list[dict[st
             label = ContentLabel(labeler=labeler, origin=origin, model_id=model_id, level=level, seq=seq)
         label.level, label.seq, label.created_at = level, seq, utcnow()
         session.add(label)
-    await session.flush()
+    if rows:
+        await session.flush()
     return list(rows)
 
 
 async def apply_labels(session: AsyncSession, trusted: Iterable[str], models: Iterable[tuple[str, int]]) -> None:
     """Give each listed mirrored model the highest level its trusted labels set (untouched without one)."""
-    keys = list(dict.fromkeys(models))
     labelers = list(trusted)
-    if not keys or (await session.exec(select(ContentLabel.model_id).where(
+    if (await session.exec(select(ContentLabel.model_id).where(
             col(ContentLabel.labeler).in_(labelers)).limit(1))).first() is None:
         return  # the usual case, a node with no labels to apply: one probe per batch
+    keys = list(dict.fromkeys(models))
     for start in range(0, len(keys), KEYS_PER_QUERY):
         rows = (await session.exec(
             select(ContentLabel.origin, ContentLabel.model_id, sa.func.max(ContentLabel.level))
