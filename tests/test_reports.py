@@ -267,7 +267,7 @@ async def test_a_ban_disables_the_user_and_hides_their_models_until_unbanned(peo
     second, _v, _f = await people.owner.published(safetensors_bytes(seed=4), name="Dogs")
     ban = await people.act("user:maker", "ban", reason="spam account")
     assert sorted(ban["previous"]["unpublished_models"]) == sorted([people.model["id"], second["id"]])
-    response = await people.api.call("GET", "/api/node/v1/moderation/actions/mine", people.owner.token)
+    response = await people.api.call("GET", f"/api/node/v1/models/{second['id']}", people.owner.token)
     assert response.status == 401 and "disabled" in (await response.json())["detail"]
     listing = await (await people.api.call("GET", "/api/v1/models")).json()
     assert listing["items"] == []
@@ -277,6 +277,27 @@ async def test_a_ban_disables_the_user_and_hides_their_models_until_unbanned(peo
     listing = await (await people.api.call("GET", "/api/v1/models")).json()
     assert sorted(m["id"] for m in listing["items"]) == sorted([people.model["id"], second["id"]])
     assert (await people.call("GET", "/api/node/v1/moderation/actions/mine", people.owner.token, 200))["items"]
+
+
+async def test_a_banned_member_may_appeal_the_ban_and_nothing_else(people: People) -> None:
+    relabel = await people.act(f"model:{people.model['id']}", "relabel", level="R")
+    ban = await people.act("user:maker", "ban", reason="spam account")
+    mine = await people.call("GET", "/api/node/v1/moderation/actions/mine", people.owner.token, 200)
+    assert [a["id"] for a in mine["items"]] == [ban["id"], relabel["id"]]
+    refused = await people.call("POST", "/api/node/v1/appeals", people.owner.token, 403,
+                                json={"action_id": relabel["id"], "text": "it is PG"})
+    assert "may appeal its ban, nothing else" in refused["detail"]
+    appeal = await people.call("POST", "/api/node/v1/appeals", people.owner.token, 201,
+                               json={"action_id": ban["id"], "text": "I am not a spammer"})
+    assert (await people.call("POST", "/api/node/v1/appeals", None, 401,
+                              json={"action_id": ban["id"], "text": "x"}))["error"] == "unauthenticated"
+    await people.call("POST", f"/api/node/v1/moderation/appeals/{appeal['id']}", people.mod, 200,
+                      json={"decision": "grant"})
+    listing = await (await people.api.call("GET", "/api/v1/models")).json()
+    assert [m["id"] for m in listing["items"]] == [people.model["id"]]
+    assert (await people.call("GET", f"/api/node/v1/models/{people.model['id']}", people.owner.token, 200))
+    log = (await people.call("GET", "/api/node/v1/moderation/log?target=user:maker", people.mod, 200))["items"]
+    assert [(a["action"], a["appealId"]) for a in log] == [("unban", appeal["id"]), ("ban", None)]
 
 
 async def test_moderators_cannot_ban_admins_other_moderators_or_themselves(people: People) -> None:

@@ -539,6 +539,8 @@ class Reports:
                 if action.target_kind in ("model", "image", "user") else None
             if owner != user.id:
                 raise Forbidden(f"action {action_id} is not about you or your work; only the owner may appeal it")
+            if user.disabled and not (action.target_kind == TargetKind.USER and action.action == Action.BAN):
+                raise Forbidden("a banned account may appeal its ban, nothing else")
             if action.action not in APPEALABLE:
                 raise InvalidInput(f"action {action_id} ({action.action}) cannot be appealed; appeal "
                                    f"{', '.join(sorted(a.value for a in APPEALABLE))} actions")
