@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from node.api.auth import current_user, public, requires, token_from_request
+from node.api.auth import current_user, requires
 from node.api.bodies import Body, int_param, read_body
-from node.api.keys import NODE, USER
+from node.api.keys import NODE
 from node.core.errors import InvalidInput
 from node.core.reports import Page, level_label
-from node.core.tables import Appeal, ModAction, Report, Role, User
+from node.core.tables import Appeal, ModAction, Report, Role
 
 routes = web.RouteTableDef()
 
@@ -152,29 +152,21 @@ async def action_log(request: web.Request) -> web.Response:
     return web.json_response(page_json(page, action_json))
 
 
-async def appellant(request: web.Request) -> User:
-    """The caller, who may be banned: a banned member still lists and appeals the actions against them
-    (and nothing else: node/core/reports.py refuses them any appeal but their ban's)."""
-    user = request.get(USER)
-    if user is None:
-        user = await request.app[NODE].accounts.authenticate(token_from_request(request), allow_disabled=True)
-        request[USER] = user
-    return user
-
-
+# A banned member keeps these two routes, so that they can contest the ban; node/core/reports.py refuses
+# them any appeal but the ban's.
 @routes.get("/api/node/v1/moderation/actions/mine")
+@requires(Role.MEMBER, allow_disabled=True)
 async def actions_against_me(request: web.Request) -> web.Response:
     """Appealable actions on the caller, their models or their images (what `atrium appeal` takes)."""
-    rows = await request.app[NODE].reports.actions_against(await appellant(request))
+    rows = await request.app[NODE].reports.actions_against(current_user(request))
     return web.json_response({"items": [action_json(a) for a in rows]})
 
 
 @routes.post("/api/node/v1/appeals")
-@public("a banned member may still appeal their ban: the handler checks the token itself (appellant)")
+@requires(Role.MEMBER, allow_disabled=True)
 async def file_appeal(request: web.Request) -> web.Response:
-    user = await appellant(request)
     body = await read_body(request, AppealBody)
-    appeal = await request.app[NODE].reports.appeal(user, body.action_id, body.text)
+    appeal = await request.app[NODE].reports.appeal(current_user(request), body.action_id, body.text)
     return web.json_response(appeal_json(appeal), status=201)
 
 
