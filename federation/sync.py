@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -73,6 +74,9 @@ class Syncer:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._http: aiohttp.ClientSession | None = None
         self.applied = asyncio.Condition()  # notified after each applied batch (tests and the bench wait on it)
+        # Called as callback(origin, model_ids) after a batch that touched these models is committed
+        # (the mirroring policy drops copies of files that are gone); must not block.
+        self.on_applied: list[Callable[[str, set[int]], None]] = []
 
     async def open(self) -> None:
         """Open the HTTP client the pullers share (run() does it; a bench or a test may call
@@ -283,6 +287,11 @@ class Syncer:
                                + (labelled if origin in trusted else []))
             await session.commit()
         log.info("applied %d entries of %s (now at %d)", len(rows), origin, rows[-1]["seq"])
+        for callback in self.on_applied:
+            try:
+                callback(origin, set(latest))
+            except Exception:  # a listener's bug must not undo or stop syncing
+                log.exception("a listener of applied entries failed")
         self.own.notify_changed()  # our followers may be waiting for what we relay
         async with self.applied:
             self.applied.notify_all()

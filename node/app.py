@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 import federation
+from federation import mirroring_routes
 from federation import routes as federation_routes
 from node.api import accounts, catalog, civitai, distribution, files, jobs, moderation, node_routes, swarm, workers
 from node.api.auth import unguarded_routes
@@ -71,13 +72,16 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
             syncing = None
             if config.federation.sync:  # pull the followed nodes' logs while serving
                 syncing = asyncio.create_task(node.federation.syncer.run(), name="atrium-federation-sync")
+            # Keep copies of followed nodes' files by [federation.mirror] (removes copies when the policy is off).
+            mirroring = asyncio.create_task(node.federation.mirroring.run(), name="atrium-federation-mirroring")
             try:
                 yield
             finally:
-                if syncing is not None:
-                    syncing.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await syncing
+                for task in (syncing, mirroring):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 await node.federation.followers.close()
 
     app.cleanup_ctx.append(node_context)
@@ -94,6 +98,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(files.routes)
     app.add_routes(distribution.routes)
     app.add_routes(federation_routes.routes)
+    app.add_routes(mirroring_routes.routes)
     app.add_routes(swarm.routes)
     app.add_routes(moderation.routes)
     app.add_routes(jobs.routes)

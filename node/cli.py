@@ -1050,6 +1050,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers-only", action="store_true",
                    help="download only from BitTorrent peers, not from the node's web seed (HTTP)")
 
+    from node.cli_mirror import add_commands as add_mirror_commands  # here: it imports node.cli
+
+    add_mirror_commands(sub, common, remote)
+
     p = command("verify", cmd_verify, "check downloaded files against a version's signed manifest (offline)")
     p.add_argument("path", metavar="PATH", help="a downloaded file, or a folder holding the version's files")
     p.add_argument("--manifest", required=True, metavar="FILE",

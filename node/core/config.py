@@ -34,10 +34,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def key(default: Any, doc: str, *, choices: tuple[Any, ...] = (), minimum: int | None = None,
         maximum: int | None = None, pattern: re.Pattern[str] | None = None,
-        pattern_hint: str = "") -> Any:
-    """Declare one config key with its default value and one-paragraph documentation."""
+        pattern_hint: str = "", parse: Any = None) -> Any:
+    """Declare one config key with its default value and one-paragraph documentation. `parse(text, where)`
+    turns a string written for a non-string key (a size such as "50G") into its value."""
     meta = {"doc": doc, "choices": choices, "minimum": minimum, "maximum": maximum,
-            "pattern": pattern, "pattern_hint": pattern_hint}
+            "pattern": pattern, "pattern_hint": pattern_hint, "parse": parse}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -191,6 +192,43 @@ class ModerationSection:
     scorer_x_at: float = key(0.85, "Scores from this one up make an image at least X.", minimum=0, maximum=1)
 
 
+SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.I)
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str, where: str) -> int:
+    """A byte count written as digits with an optional binary unit: "500M", "50G", "1.5T", "4096"."""
+    found = SIZE_RE.match(text)
+    if found is None:
+        raise ConfigError(f"{where}: expected a size in bytes such as 500M, 50G or 2T, got {text!r}")
+    return int(float(found.group(1)) * SIZE_UNITS[found.group(2).upper()])
+
+
+MIRROR_STRATEGIES = ("none", "all", "most-downloaded", "recent", "tags")
+
+
+@dataclass
+class MirrorSection:
+    """Which followed nodes' files this node keeps copies of and seeds (docs/federation.md#mirroring)."""
+
+    strategy: str = key("none", "Which files of followed nodes to mirror: `none`, `all`, `most-downloaded` (by "
+                        "the origin's public download counts), `recent` (newest published versions first) or "
+                        "`tags` (models with any of `tags`). Mirrored files come through the swarm, are checked "
+                        "against the origin's signed manifest and are then seeded.", choices=MIRROR_STRATEGIES)
+    tags: list[str] = key([], "With strategy `tags`: mirror the models that carry any of these tags.")
+    budget: int = key(50 * 1024**3, "Most bytes of mirrored files kept at once, as an integer or a size such "
+                      "as \"500M\", \"50G\" or \"2T\" (binary units); 0: no limit.", minimum=0,
+                      parse=parse_size)
+    min_lifetime_hours: int = key(24, "A mirrored copy is kept at least this long, even when the policy would "
+                                  "now prefer another file (a takedown or delete at the origin removes it at "
+                                  "once).", minimum=0)
+    origins: list[str] = key([], "Only mirror files of these followed nodes (node ids or names); empty: all of "
+                             "them.")
+    interval_seconds: int = key(600, "How often the policy is evaluated again; it also runs soon after a sync "
+                                "brings new entries.", minimum=5)
+    max_concurrent: int = key(2, "Most files fetched at once.", minimum=1, maximum=64)
+
+
 @dataclass
 class PluginsSection:
     """Which plugins run on this node. Each plugin may have a table `[plugins.NAME]` of its own."""
@@ -270,6 +308,11 @@ SECTIONS: dict[str, type] = {
     "plugins": PluginsSection,
 }
 
+# Tables inside a section (`[federation.mirror]`): dotted name -> (Config attribute, declaration).
+SUBSECTIONS: dict[str, tuple[str, type]] = {
+    "federation.mirror": ("mirror", MirrorSection),
+}
+
 
 @dataclass
 class Config:
@@ -289,6 +332,7 @@ class Config:
     moderation: ModerationSection = field(default_factory=ModerationSection)
     jobs: JobsSection = field(default_factory=JobsSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
+    mirror: MirrorSection = field(default_factory=MirrorSection)  # [federation.mirror]
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -382,8 +426,14 @@ def config_from_mapping(data_dir: Path, raw: Mapping[str, Any], env: Mapping[str
         if section_name == "plugins":
             config.plugin_tables = {name: value for name, value in table.items() if isinstance(value, dict)}
             table = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        for dotted, (attribute, cls) in SUBSECTIONS.items():
+            parent, _, child = dotted.partition(".")
+            if parent == section_name and isinstance(table.get(child), dict):
+                setattr(config, attribute, parse_table(cls, table.pop(child), f"{where}: {dotted}"))
         setattr(config, section_name, parse_table(SECTIONS[section_name], table, f"{where}: {section_name}"))
     _apply_env(config, env)
+    if config.mirror.strategy == "tags" and not config.mirror.tags:
+        raise ConfigError(f"{where}: federation.mirror.tags: strategy \"tags\" needs at least one tag")
     return config
 
 
@@ -423,6 +473,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_value(f: dataclasses.Field[Any], tp: Any, value: Any, where: str) -> Any:
+    if f.metadata.get("parse") is not None and tp is not str and isinstance(value, str):
+        value = f.metadata["parse"](value, where)
     ok = (isinstance(value, bool) if tp is bool
           else isinstance(value, int) and not isinstance(value, bool) if tp is int
           else isinstance(value, (int, float)) and not isinstance(value, bool) if tp is float
@@ -479,28 +531,41 @@ def _apply_env(config: Config, env: Mapping[str, str]) -> None:
         if not var.startswith(ENV_PREFIX) or var in ENV_NOT_OVERRIDES:
             continue
         rest = var[len(ENV_PREFIX):].lower()
-        section_name = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        # A table inside a section first: ATRIUM_FEDERATION_MIRROR_BUDGET is federation.mirror.budget.
+        dotted = next((d for d in SUBSECTIONS if rest.startswith(d.replace(".", "_") + "_")), None)
+        section_name = dotted or next((s for s in SECTIONS if rest.startswith(s + "_")), None)
         if section_name is None:
             continue  # not ours: e.g. ATRIUM_TEST_* used by test suites
         key_name = rest[len(section_name) + 1:]
-        section = getattr(config, section_name)
+        section = getattr(config, SUBSECTIONS[dotted][0] if dotted else section_name)
         fields = {f.name: f for f in dataclasses.fields(section)}
         if key_name not in fields:
             raise ConfigError(f"{var}: no key {section_name}.{key_name} "
                               f"(known: {', '.join(fields)})")
         tp = _field_types(type(section))[key_name]
-        value = _from_env_string(tp, text, var)
+        parse = fields[key_name].metadata.get("parse")
+        value = parse(text, var) if parse is not None and tp is not str else _from_env_string(tp, text, var)
         setattr(section, key_name, _check_value(fields[key_name], tp, value, var))
 
 
 def documented_keys() -> list[tuple[str, str, Any, str]]:
     """(section, key, default, doc) for every key, in declaration order."""
     rows = []
-    for section_name, cls in SECTIONS.items():
+    for section_name, cls in _all_sections():
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             rows.append((section_name, f.name, default, f.metadata["doc"]))
     return rows
+
+
+def _all_sections() -> list[tuple[str, type]]:
+    """Every section, each followed by the tables inside it (`federation`, `federation.mirror`, ...)."""
+    out: list[tuple[str, type]] = []
+    for section_name, cls in SECTIONS.items():
+        out.append((section_name, cls))
+        out.extend((dotted, sub) for dotted, (_attr, sub) in SUBSECTIONS.items()
+                   if dotted.partition(".")[0] == section_name)
+    return out
 
 
 def toml_value(value: Any) -> str:
@@ -523,7 +588,7 @@ def render_template(settings: Mapping[str, Mapping[str, Any]]) -> str:
     """
     lines = ["# Atrium node configuration. Every key is documented here and in docs/configuration.md.",
              "# Environment variables ATRIUM_<SECTION>_<KEY> override these values.", ""]
-    for section_name, cls in SECTIONS.items():
+    for section_name, cls in _all_sections():
         doc = (cls.__doc__ or "").strip()
         lines.append(f"[{section_name}]")
         lines.extend(f"# {line}" for line in _wrap(doc))
@@ -551,5 +616,5 @@ def _wrap(text: str, width: int = 96) -> list[str]:
     return lines
 
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_table", "render_template", "resolve_data_dir",
+__all__ = ["Config", "ConfigError", "MirrorSection", "parse_size", "load_config", "parse_table", "render_template", "resolve_data_dir",
            "documented_keys", "key", "SECTIONS"]

@@ -298,6 +298,19 @@ class Swarm:
         self.blobs.open_path(sha256)
         self._add_seed(meta, sha256, file_id)
 
+    async def unseed(self, info_hash_v2: str) -> bool:
+        """Stop seeding a torrent fetched from another node and forget its resume data (a torrent of one
+        of this node's own files, or one still downloading, is left alone). Returns whether one stopped."""
+        entry = self._torrents.get(info_hash_v2)
+        if entry is None:
+            (self.resume_dir / f"{info_hash_v2}.resume").unlink(missing_ok=True)
+            return False
+        if self.session is None or entry.file_id is not None or entry.done is not None:
+            return False
+        await self._remove(entry)
+        log.info("swarm: stopped seeding %s", entry.name, extra={"event": "unseeded", "info_hash": info_hash_v2})
+        return True
+
     # -- questions -------------------------------------------------------------------------------
 
     def knows(self, info_hash: str) -> bool:

@@ -439,6 +439,28 @@ class RemoteFile(SQLModel, table=True):
     primary: bool = Field(default=False)
 
 
+class MirroredFile(SQLModel, table=True):
+    """A followed node's file this node holds a copy of by its mirroring policy (federation/mirroring.py):
+    fetched through the swarm, checked against the origin's signed manifest, then seeded."""
+
+    __tablename__ = "mirrored_files"
+
+    origin: str = Field(max_length=128, primary_key=True)  # the origin node's id
+    file_id: int = Field(primary_key=True)  # the file's id on its origin
+    version_id: int
+    model_id: int
+    name: str = Field(max_length=255)
+    sha256: str = Field(max_length=64, index=True)
+    size: int = Field(default=0, sa_type=sa.BigInteger)
+    info_hash_v2: str | None = Field(default=None, max_length=64)  # the origin's torrent, once known
+    state: str = Field(default="fetching", max_length=16)  # fetching, stored, failed
+    failures: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_type=sa.Text)
+    retry_at: datetime | None = timestamp(nullable=True)  # a failed fetch is tried again from then on
+    mirrored_at: datetime | None = timestamp(nullable=True)  # when the verified copy entered the store
+    created_at: datetime = timestamp()
+
+
 class Follower(SQLModel, table=True):
     """A node that follows this one: where to push "pull now", and whether it may read the log."""
 

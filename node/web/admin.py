@@ -1,5 +1,5 @@
 """Admin pages: the plugins this node runs, its users with their roles, and federation: the nodes it
-follows and the nodes that follow it."""
+follows, the nodes that follow it, and the files it mirrors."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ async def admin_page(request: web.Request) -> web.Response:
                                           "roles": [r.value for r in Role],
                                           "peers": await node.federation.peers.statuses(),
                                           "followers": await node.federation.followers.list(),
-                                          "follow_policy": node.config.federation.followers})
+                                          "follow_policy": node.config.federation.followers,
+                                          "mirror": await node.federation.mirroring.status()})
 
 
 @routes.post("/admin/users")
@@ -49,6 +50,14 @@ async def update_user(request: web.Request) -> web.Response:
     await request.app[NODE].accounts.update_user(request.match_info["username"][:64],
                                                  role=parse_role(field(fields, "role", maximum=16)),
                                                  disabled=disabled)
+    return redirect("/admin")
+
+
+@routes.post("/admin/mirror/run")
+@form(Role.ADMIN)
+async def run_mirroring(request: web.Request) -> web.Response:
+    """Evaluate the mirroring policy now (its fetches go on in the background)."""
+    await request.app[NODE].federation.mirroring.evaluate()
     return redirect("/admin")
 
 
