@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 import federation
 from federation import mirroring_routes
 from federation import routes as federation_routes
-from node.api import accounts, catalog, civitai, distribution, files, jobs, moderation, node_routes, swarm, workers
+from node.api import accounts, catalog, civitai, distribution, files, jobs, ledger, moderation, node_routes, swarm, workers
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -103,6 +103,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(moderation.routes)
     app.add_routes(jobs.routes)
     app.add_routes(workers.routes)
+    app.add_routes(ledger.routes)
     if config.metrics.enabled:
         app.router.add_get("/metrics", metrics_handler)
     add_web(app)

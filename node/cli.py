@@ -1016,6 +1016,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_moderation.add_commands(sub, common, remote)
 
+    from node.cli_ledger import add_commands as add_ledger_commands  # here: node.cli_ledger imports node.cli
+    add_ledger_commands(sub, common, remote)
+
     p = command("follow", cmd_follow, "follow another node: mirror its signed catalog log")
     p.add_argument("url", metavar="URL", help="the node's base URL, e.g. https://models.example.org")
     p = command("unfollow", cmd_unfollow, "stop following a node")

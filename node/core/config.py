@@ -292,6 +292,21 @@ class JobsSection:
                               "(default 1 GiB).", minimum=1024)
 
 
+@dataclass
+class LedgerSection:
+    """The node's currency: grants and limits (docs/bounties.md)."""
+
+    currency_name: str = key("coin", "Name of the node-local currency, shown beside amounts.")
+    currency_symbol: str = key("¤", "Symbol of the currency, shown beside amounts.")
+    signup_grant: int = key(0, "Amount every user receives once, when their ledger account opens (at their "
+                            "first ledger request: a balance, a tip, a bounty). 0: none.", minimum=0,
+                            maximum=1_000_000_000_000)
+    daily_grant: int = key(0, "Amount a user may claim once per UTC day with POST /api/node/v1/ledger/daily "
+                           "(`atrium ledger daily`). 0: no daily grant.", minimum=0, maximum=1_000_000_000_000)
+    max_amount: int = key(1_000_000_000, "Largest amount one transfer, tip, grant or bounty contribution may "
+                          "move; larger amounts are refused with 400.", minimum=1, maximum=1_000_000_000_000)
+
+
 SECTIONS: dict[str, type] = {
     "node": NodeSection,
     "http": HttpSection,
@@ -305,6 +320,7 @@ SECTIONS: dict[str, type] = {
     "swarm": SwarmSection,
     "moderation": ModerationSection,
     "jobs": JobsSection,
+    "ledger": LedgerSection,
     "plugins": PluginsSection,
 }
 
@@ -331,6 +347,7 @@ class Config:
     swarm: SwarmSection = field(default_factory=SwarmSection)
     moderation: ModerationSection = field(default_factory=ModerationSection)
     jobs: JobsSection = field(default_factory=JobsSection)
+    ledger: LedgerSection = field(default_factory=LedgerSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)
     mirror: MirrorSection = field(default_factory=MirrorSection)  # [federation.mirror]
     # `[plugins.NAME]` tables, raw: each plugin validates its own with `parse_table`.

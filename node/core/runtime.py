@@ -21,6 +21,7 @@ from node.core.distribution import Distribution
 from node.core.identity import NodeIdentity, load_identity
 from node.core.ingest import Ingest
 from node.core.jobs import Jobs, collect_kinds
+from node.core.ledger import Ledger
 from node.core.plugins import PluginHost
 from node.core.reports import Reports
 from node.core.scoring import load_scorer
@@ -48,6 +49,7 @@ class Node:
     distribution: Distribution
     swarm: Swarm
     reports: Reports
+    ledger: Ledger
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     jobs: Jobs = None  # type: ignore[assignment]  # set by open_node
     version: str = __version__
@@ -103,7 +105,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
                 distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
                 reports=Reports(db, catalog, identity.node_id, config.moderation.reports_per_hour),
-                jobs=Jobs(db, config, kinds))
+                ledger=Ledger(db, config.ledger), jobs=Jobs(db, config, kinds))
     node.jobs.node = node
     try:
         if migrate:

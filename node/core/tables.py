@@ -631,3 +631,8 @@ class WorkerToken(SQLModel, table=True):
     created_at: datetime = timestamp()
     last_seen_at: datetime | None = timestamp(nullable=True)
     revoked_at: datetime | None = timestamp(nullable=True)
+
+
+# The ledger's and the bounties' tables live in modules of their own but belong to this one metadata
+# (imported last: they build on the helpers above).
+from node.core import bounty_tables, ledger_tables  # noqa: E402,F401

@@ -1,14 +1,14 @@
 """reports, moderator actions, appeals, content labels; level locks on models and images
 
 Revision ID: 0017
-Revises: 0013
+Revises: 0015
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0013"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
