@@ -85,7 +85,7 @@ def populate(data: Path, count: int) -> None:
             rows.clear()
     if rows:
         conn.executemany("INSERT INTO log_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.execute("INSERT OR REPLACE INTO log_heads VALUES (?, ?, ?)", (node_id, count, prev))
+    conn.execute("INSERT OR REPLACE INTO log_heads (origin, seq, entry_hash) VALUES (?, ?, ?)", (node_id, count, prev))
     conn.commit()
     conn.close()
 

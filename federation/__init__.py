@@ -29,9 +29,9 @@ class Federation:
 
 
 def attach(node: Any) -> Federation:
-    log = FederationLog(node.db, node.identity, node.name, node.config.public_url)
+    log = FederationLog(node.db, node.identity, node.name, node.config.public_url, key_path=node.config.key_path)
     peers = Peers(node.db, node.config.federation)
-    followers = Followers(node.db, node.identity, node.config.federation)
+    followers = Followers(node.db, node.identity, node.config.federation, log)
     node.catalog.journals.append(log.journal)
     node.reports.label_journals.append(log.journal_label)
     log.on_append.append(followers.push_soon)

@@ -19,13 +19,14 @@ import aiohttp
 from sqlmodel import col, select
 
 from federation.httpsig import sign_request
+from federation.log import FederationLog
 from federation.peers import is_blocked, normalize_peer_url
 from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
 from node.core.errors import Forbidden, InvalidInput, NotFound
 from node.core.identity import NodeIdentity
-from node.core.tables import Follower, utcnow
+from node.core.tables import Follower, LogHead, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,20 @@ PUSH_TIMEOUT = 10.0
 class Followers:
     """Who follows this node, and pushing to them."""
 
-    def __init__(self, db: Database, identity: NodeIdentity, settings: FederationSection) -> None:
+    def __init__(self, db: Database, identity: NodeIdentity, settings: FederationSection,
+                 log: FederationLog | None = None) -> None:
         self.db = db
         self.identity = identity
         self.settings = settings
+        self.log = log  # blocking a follower, and lifting a block, are entries of this node's log
         self._pushing: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
         self._http: aiohttp.ClientSession | None = None
         self.latest = 0  # the newest head to announce
 
-    async def register(self, node_id: str, url: str, served_id: str | None) -> Follower:
+    async def register(self, node_id: str, url: str, served_id: str | None, key_id: str | None = None) -> Follower:
         """Record a node that asked to follow (its signature already checked; `served_id` is the id its
-        URL answered with)."""
+        URL answered with, `key_id` its current key when it rotated its key)."""
         url = normalize_peer_url(url)
         if is_blocked(self.settings, node_id, url):
             raise Forbidden("this node does not accept followers from that node or domain")
@@ -61,11 +64,22 @@ class Followers:
             elif row.state == "blocked":
                 raise Forbidden("this node blocked you as a follower")
             row.url = url
+            row.key_id = key_id if key_id != node_id else None
             session.add(row)
             await session.commit()
             await session.refresh(row)
         log.info("node %s (%s) follows this node: %s", node_id, url, row.state)
         return row
+
+    async def current_keys(self, node_id: str) -> dict[str, str]:
+        """{node id: its current key} when this node knows that node rotated its key: from its log (a
+        followed or relayed origin) or from its node document (a follower); empty otherwise."""
+        async with self.db.read_session() as session:
+            head = await session.get(LogHead, node_id)
+            if head is not None and head.key_id:
+                return {node_id: head.key_id}
+            row = (await session.exec(select(Follower).where(Follower.node_id == node_id))).first()
+        return {node_id: row.key_id} if row is not None and row.key_id else {}
 
     async def may_read(self, node_id: str | None) -> bool:
         """Whether a request signed by `node_id` (None: unsigned) may read the log under the policy."""
@@ -90,8 +104,14 @@ class Followers:
             row = await session.get(Follower, follower_id)
             if row is None:
                 raise NotFound(f"no follower {follower_id}")
+            was = row.state
             row.state = state
             session.add(row)
+            if self.log is not None and (state == "blocked") != (was == "blocked"):
+                # In the change's own transaction, like every catalog change.
+                await self.log.append(session, "peer.blocked" if state == "blocked" else "peer.unblocked",
+                                      {"nodeId": row.node_id, "nodeName": self.log.node_name,
+                                       "nodeUrl": self.log.node_url})
             await session.commit()
             await session.refresh(row)
         return row

@@ -5,6 +5,10 @@ A signing node covers the method, the path (and query) and, when there is a body
 nothing else to check it. Scheme and host are left out on purpose: nodes sit behind TLS-terminating
 proxies that change them, and the key already names the sender.
 
+After a key rotation the node signs with its current key and the `keyid` is `NODE_ID#KEY_ID` (as a
+DID URL names one key of a DID): the receiver accepts it when it knows KEY_ID as that node's current
+key (from the node's log, or from the key chain in its node document).
+
     Content-Digest: sha-256=:<base64>:
     Signature-Input: atrium=("@method" "@path" "@query" "content-digest");created=1763860000;keyid="z6Mk...";alg="ed25519"
     Signature: atrium=:<base64 signature>:
@@ -60,7 +64,8 @@ def sign_request(identity: NodeIdentity, method: str, path: str, query: str = ""
     if body is not None:
         headers["content-digest"] = content_digest(body)
         components.append("content-digest")
-    params = f';created={int(now if now is not None else time.time())};keyid="{identity.node_id}";alg="ed25519"'
+    keyid = f"{identity.node_id}#{identity.key_id}" if identity.rotated else identity.node_id
+    params = f';created={int(now if now is not None else time.time())};keyid="{keyid}";alg="ed25519"'
     signature = identity.sign(_base(components, params, method, path, query, headers))
     covered = " ".join(f'"{c}"' for c in components)
     out = {"Content-Digest": headers["content-digest"]} if body is not None else {}
@@ -69,9 +74,20 @@ def sign_request(identity: NodeIdentity, method: str, path: str, query: str = ""
     return out
 
 
+def signature_node(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """(node id, key id) a request's signature claims, before checking it; None when unsigned or unreadable."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    found = re.search(r';keyid="([^"]*)"', lowered.get("signature-input") or "")
+    if found is None:
+        return None
+    node_id, _, key_id = found.group(1).partition("#")
+    return node_id, key_id or node_id
+
+
 def verify_request(method: str, path: str, query: str, headers: Mapping[str, str], body: bytes | None,
-                   now: float | None = None) -> str:
-    """The node id that signed this request; Unauthenticated (with the reason) otherwise."""
+                   now: float | None = None, *, current_keys: Mapping[str, str] | None = None) -> str:
+    """The node id that signed this request; Unauthenticated (with the reason) otherwise. A rotated
+    node's `NODE_ID#KEY_ID` is accepted when `current_keys` maps the node id to that key."""
     lowered = {k.lower(): v for k, v in headers.items()}
     signature_input, signature = lowered.get("signature-input"), lowered.get("signature")
     if not signature_input or not signature:
@@ -93,15 +109,21 @@ def verify_request(method: str, path: str, query: str, headers: Mapping[str, str
     prefix = f"{LABEL}=:"
     if not signature.startswith(prefix) or not signature.endswith(":"):
         raise Unauthenticated("Signature is malformed")
+    node_id, _, key_id = params["keyid"].partition("#")
+    key_id = key_id or node_id
     try:
         raw = base64.b64decode(signature[len(prefix):-1], validate=True)
-        public_key_from_node_id(params["keyid"])
+        public_key_from_node_id(node_id)
+        public_key_from_node_id(key_id)
     except Exception:
         raise Unauthenticated("Signature or keyid is malformed") from None
+    if key_id != node_id and (current_keys or {}).get(node_id) != key_id:
+        raise Unauthenticated(f"signed by {key_id}, which this node does not know as the current key of {node_id} "
+                              "(it learns a node's keys from its log or its node document)")
     base = _base(components, match["params"], method, path, query, lowered)
-    if not verify(params["keyid"], base, raw):
+    if not verify(key_id, base, raw):
         raise Unauthenticated(f"the signature of {params['keyid']} does not verify")
-    return params["keyid"]
+    return node_id
 
 
-__all__ = ["content_digest", "sign_request", "verify_request"]
+__all__ = ["content_digest", "sign_request", "signature_node", "verify_request"]

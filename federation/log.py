@@ -2,8 +2,9 @@
 
 An entry is the canonical JSON `{"body", "kind", "node", "prev", "seq", "ts"}`: `node` is the signing
 node's id, `seq` counts from 1, `prev` is the SHA-256 (hex) of the previous entry's stored bytes (64
-zeros for the first). The node signs those exact bytes with its Ed25519 key; they are stored and served
-as they were signed, never re-serialised. Catalog changes append their entry inside the change's own
+zeros for the first). The node signs those exact bytes with its Ed25519 key (after a key rotation, the
+key a `node.key_rotated` entry introduced: node/core/keychain.py); they are stored and served as they
+were signed, never re-serialised. Catalog changes append their entry inside the change's own
 transaction (node.core.catalog's journals), so a change and its entry commit together.
 
 Over the entries sits an RFC 6962 Merkle tree (federation/merkle.py); a checkpoint is a C2SP signed note
@@ -19,9 +20,11 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import event
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -29,9 +32,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from federation import merkle
 from node.core.catalog import version_air
 from node.core.db import Database
-from node.core.errors import InvalidInput
-from node.core.identity import NodeIdentity
-from node.core.manifests import canonical_json
+from node.core.errors import Conflict, InvalidInput
+from node.core.identity import NodeIdentity, Rotation, canonical_json
+from node.core.keychain import ROTATION_KIND, complete_rotation, logged_rotations, refresh_identity, rotation_body
 from node.core.tables import (LogEntry, LogHead, Model, ModelFile, ModelTag, ModelVersion, Tag, User,
                               utcnow)
 from node.core.vocabulary import ModelStatus
@@ -121,9 +124,11 @@ async def model_snapshot(session: AsyncSession, node_name: str, model: Model) ->
 class FederationLog:
     """This node's log: append (inside catalog transactions), read, checkpoint, prove."""
 
-    def __init__(self, db: Database, identity: NodeIdentity, node_name: str, node_url: str | None = None) -> None:
+    def __init__(self, db: Database, identity: NodeIdentity, node_name: str, node_url: str | None = None,
+                 key_path: Path | None = None) -> None:
         self.db = db
         self.identity = identity
+        self.key_path = key_path  # where the key lives: a rotation by another process is adopted from there
         self.node_name = node_name
         self.node_url = node_url  # where followers fetch files, manifests and torrents (node.public_url)
         self.changed = asyncio.Condition()
@@ -148,8 +153,45 @@ class FederationLog:
 
     async def append(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> LogEntry:
         """Sign and add the next entry inside `session`'s transaction (the caller commits)."""
+        head = await self._locked_head(session)
+        return await self._write(session, head, kind, body)
+
+    async def rotate(self, session: AsyncSession, new_key: Ed25519PrivateKey) -> tuple[LogEntry, list[Rotation]]:
+        """Append the `node.key_rotated` entry that hands signing over to `new_key` (signed by the
+        current key, with the new key's proof of possession) inside `session`'s transaction; returns it
+        and the whole key chain. The caller commits, then switches the key files (keychain.finish_rotation)."""
+        head = await self._locked_head(session)
+        seq = head.seq + 1 if head else 1
+        old = self.identity.key_id
+        entry = await self._write(session, head, ROTATION_KIND, rotation_body(self.node_id, old, new_key, seq))
+        head = await session.get(LogHead, self.node_id)
+        assert head is not None
+        head.key_id = orjson.loads(entry.data)["body"]["newKey"]
+        head.retired_keys = {**(head.retired_keys or {}), old: seq}
+        session.add(head)
+        await session.flush()
+        return entry, await logged_rotations(session, self.node_id)
+
+    async def _locked_head(self, session: AsyncSession) -> LogHead | None:
+        """The log's head, locked; first adopting a key rotation another process committed, so that no
+        entry is ever signed by a key the log has retired."""
         head = (await session.exec(select(LogHead).where(LogHead.origin == self.node_id)
                                    .with_for_update())).first()
+        if head is not None and (head.key_id or self.node_id) != self.identity.key_id:
+            await self._adopt_key(session)
+        return head
+
+    async def _adopt_key(self, session: AsyncSession) -> None:
+        if self.key_path is None:
+            raise Conflict(f"the log of {self.node_id} is signed by another key now; restart to load it")
+        await complete_rotation(self.key_path, self.identity, session)
+
+    async def refresh_key(self) -> None:
+        """Adopt a rotation committed by another process (`atrium keys rotate` while serving)."""
+        if self.key_path is not None:
+            await refresh_identity(self.db, self.identity, self.key_path)
+
+    async def _write(self, session: AsyncSession, head: LogHead | None, kind: str, body: dict[str, Any]) -> LogEntry:
         seq, prev = (head.seq, head.entry_hash) if head else (0, GENESIS)
         data = canonical({"body": body, "kind": kind, "node": self.node_id, "prev": prev, "seq": seq + 1,
                           "ts": utcnow().isoformat().replace("+00:00", "Z")})
@@ -242,8 +284,10 @@ class FederationLog:
         return self._leaves[:size]
 
     async def checkpoint(self) -> bytes:
-        """A signed note over the current size and Merkle root."""
+        """A signed note over the current size and Merkle root (signed by the key current at that size)."""
         leaves = await self.leaves()
+        # After reading the size: a rotation at or below it is then seen and adopted before signing.
+        await self.refresh_key()
         root = await asyncio.to_thread(merkle.root, leaves)
         return sign_checkpoint(self.identity, len(leaves), root)
 

@@ -10,13 +10,15 @@ import aiohttp
 from aiohttp import web
 from pydantic import Field
 
-from federation.httpsig import verify_request
+from federation.httpsig import signature_node, verify_request
 from federation.log import MAX_PAGE, b64
 from federation.peers import normalize_peer_url
 from node.api.auth import public, requires
 from node.api.bodies import Body, int_param, read_body
 from node.api.keys import NODE
 from node.core.errors import Forbidden, InvalidInput, Unauthenticated
+from node.core.manifests import ManifestError
+from node.sources import document_keys
 from node.core.tables import Role
 
 routes = web.RouteTableDef()
@@ -46,7 +48,7 @@ async def _may_read(request: web.Request) -> None:
     signer = None
     if "Signature" in request.headers:
         signer = verify_request(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                                request.headers, None)
+                                request.headers, None, current_keys=await _current_keys(request))
     if not await fed.followers.may_read(signer):
         if signer is None:
             raise Unauthenticated("this node shares its log with approved followers only: sign the request "
@@ -129,45 +131,78 @@ async def consistency_proof(request: web.Request) -> web.Response:
 # -- followers and pushes ---------------------------------------------------------------------------
 
 
-async def _signed_json(request: web.Request) -> tuple[str, dict]:
+async def _current_keys(request: web.Request, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current key of the node a request claims to be signed by, when that node rotated its key."""
+    claimed = signature_node(request.headers)
+    if claimed is None or claimed[0] == claimed[1]:
+        return {}
+    known = await request.app[NODE].federation.followers.current_keys(claimed[0])
+    return {**known, **(extra or {})}  # a key just proven by the node document wins
+
+
+async def _signed_json(request: web.Request, extra_keys: dict[str, str] | None = None) -> tuple[str, dict]:
     body = await request.read()
+    data = _json_object(body)
     signer = verify_request(request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                            request.headers, body)
+                            request.headers, body, current_keys=await _current_keys(request, extra_keys))
+    return signer, data
+
+
+def _json_object(body: bytes) -> dict:
     try:
         data = json.loads(body)
     except ValueError:
         raise InvalidInput("the body is not JSON") from None
     if not isinstance(data, dict):
         raise InvalidInput("expected a JSON object")
-    return signer, data
+    return data
 
 
 @routes.post("/federation/v1/followers")
 @public("nodes authenticate with an RFC 9421 signature by their node key, checked in the handler")
 async def add_follower(request: web.Request) -> web.Response:
-    """A node asks to follow this one: `{"url"}`, signed by its key. Its URL must serve its node id."""
-    signer, data = await _signed_json(request)
-    url = data.get("url")
-    if not isinstance(url, str):
-        raise InvalidInput("url: the follower's base URL is required")
-    url = normalize_peer_url(url)
+    """A node asks to follow this one: `{"url"}`, signed by its key. Its URL must serve its node id (and,
+    when it rotated its key, the key chain to the key it signed with)."""
+    claimed = signature_node(request.headers)
+    if claimed is None or claimed[0] == claimed[1]:
+        signer, data = await _signed_json(request)  # checked before this node fetches anything
+        url = _follower_url(data)
+        served, served_key = await _served_node_id(url)
+    else:
+        # A rotated node's current key is proven by the key chain its URL serves: read it, then check.
+        url = _follower_url(_json_object(await request.read()))
+        served, served_key = await _served_node_id(url)
+        signer, _data = await _signed_json(request, {served: served_key} if served and served_key else None)
     fed = request.app[NODE].federation
-    served = await _served_node_id(url)
-    follower = await fed.followers.register(signer, url, served)
+    follower = await fed.followers.register(signer, url, served, served_key if signer == served else None)
     return web.json_response({"nodeId": follower.node_id, "state": follower.state},
                              status=201 if follower.state == "approved" else 202)
 
 
-async def _served_node_id(url: str) -> str | None:
+def _follower_url(data: dict) -> str:
+    url = data.get("url")
+    if not isinstance(url, str):
+        raise InvalidInput("url: the follower's base URL is required")
+    return normalize_peer_url(url)
+
+
+async def _served_node_id(url: str) -> tuple[str | None, str | None]:
+    """(node id, current key) the URL's node document states; the key only when its key chain holds."""
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
             async with http.get(f"{url}/.well-known/atrium-node") as response:
                 if response.status != 200:
-                    return None
+                    return None, None
                 document = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
-        return None
-    return document.get("id") if isinstance(document, dict) else None
+        return None, None
+    node_id = document.get("id") if isinstance(document, dict) else None
+    if not isinstance(node_id, str):
+        return None, None
+    try:
+        return node_id, document_keys(node_id, document)[-1].key
+    except (ManifestError, InvalidInput):
+        return node_id, None
 
 
 @routes.post("/federation/v1/inbox")

@@ -44,6 +44,7 @@ from node import __version__
 from node.core.config import FederationSection
 from node.core.db import Database
 from node.core.errors import InvalidInput
+from node.core.keychain import ROTATION_KIND
 from node.core.tables import LogEntry, LogHead, Peer, RemoteFile, RemoteModel, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Syncer:
         self.own = own_log
         self.public_url = public_url  # where peers reach this node (sent when it asks to follow them)
         self._wakes: dict[int, asyncio.Event] = {}
-        self._introduced: set[int] = set()
+        self._introduced: set[tuple[int, str]] = set()  # (peer, the key this node introduced itself with)
         self.peers = peers
         self.settings = settings
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -158,12 +159,18 @@ class Syncer:
             raise LogRejected("blocked", f"{node_id} at {peer.url} is on federation.blocked")
         if peer.node_id is None or peer.name != name:
             await self._update(peer.id, node_id=node_id, name=name)  # type: ignore[arg-type]
-        if peer.id not in self._introduced:
+        await self.own.refresh_key()  # sign with the key this node's log names (a rotation may have run)
+        introduced = (peer.id, self.own.identity.key_id)  # after a rotation, introduce the new key again
+        if introduced not in self._introduced:
             await self._introduce(peer.url)
-            self._introduced.add(peer.id)  # type: ignore[arg-type]
+            self._introduced.add(introduced)  # type: ignore[arg-type]
         origins = await self._json(f"{peer.url}/federation/v1/origins")
         if not isinstance(origins, list):
             raise PeerError(f"{peer.url}: /federation/v1/origins is not a list")
+        first = origins[0].get("origin") if origins and isinstance(origins[0], dict) else None
+        if first != node_id:  # a node serves its own log first: one that does not is not who it says
+            raise LogRejected("identity", f"{peer.url} says it is {node_id} but serves the log of {first} as its own",
+                              {"document": node_id, "log": first})
         for item in origins:
             origin = item.get("origin") if isinstance(item, dict) else None
             if not isinstance(origin, str) or origin == self.own.node_id or is_blocked(self.settings, origin):
@@ -217,7 +224,8 @@ class Syncer:
     async def cursor(self, origin: str, *, leaves: bool) -> Cursor:
         async with self.db.read_session() as session:
             head = await session.get(LogHead, origin)
-            cursor = Cursor(origin, head.seq if head else 0, head.entry_hash if head else "0" * 64)
+            cursor = Cursor(origin, head.seq if head else 0, head.entry_hash if head else "0" * 64,
+                            key=head.key_id if head else None, retired=dict(head.retired_keys or {}) if head else {})
             if leaves and cursor.seq:
                 rows = (await session.exec(select(LogEntry.leaf_hash).where(LogEntry.origin == origin)
                                            .order_by(col(LogEntry.seq)))).all()
@@ -265,6 +273,14 @@ class Syncer:
             if head is None:
                 head = LogHead(origin=origin, seq=0, entry_hash="")
             head.seq, head.entry_hash = rows[-1]["seq"], rows[-1]["entry_hash"]
+            rotations = [f for f in fields if f["kind"] == ROTATION_KIND]  # checked by verify.check_entry
+            if rotations:
+                retired = dict(head.retired_keys or {})
+                for f in rotations:
+                    retired[f["body"]["previousKey"]] = f["seq"]
+                head.key_id, head.retired_keys = rotations[-1]["body"]["newKey"], retired
+                log.warning("%s rotated its key: it signs with %s from entry %d on", origin, head.key_id,
+                            rotations[-1]["seq"] + 1)
             session.add(head)
             if latest:  # the models these entries describe are replaced (or removed) below
                 await bulk_delete(session, RemoteModel.__table__, ("origin", "remote_id"),  # type: ignore[attr-defined]

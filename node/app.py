@@ -89,6 +89,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     async def end_long_polls(app: web.Application) -> None:
         if NODE in app:
             app[NODE].federation.log.shutdown()
+            app[NODE].jobs.shutdown()
 
     app.on_shutdown.append(end_long_polls)
     app.add_routes(node_routes.routes)

@@ -782,7 +782,11 @@ def cmd_followers(args: argparse.Namespace) -> int:
         db = Database.from_config(config)
         try:
             await db.require_current_schema()
-            followers = Followers(db, load_identity(config.key_path), config.federation)
+            from federation.log import FederationLog
+
+            identity = load_identity(config.key_path)
+            followers = Followers(db, identity, config.federation, FederationLog(
+                db, identity, config.node.name, config.public_url, key_path=config.key_path))
             for state, target in (("approved", args.approve), ("blocked", args.block), ("pending", args.hold)):
                 if target is not None:
                     row = await followers.set_state(target, state)
@@ -882,7 +886,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures += 1
             continue
         out(f"OK     {expected.name}  {_human_size(expected.size)}  sha256:{expected.sha256}")
-    signer = manifest.key_id if args.key else f"{manifest.key_id} (not pinned: pass --key NODE_ID to require it)"
+    from node.sources import signer_text
+
+    signer = signer_text(manifest) if args.key else f"{signer_text(manifest)} (not pinned: pass --key NODE_ID to require it)"
     out(f"manifest of {manifest.air} signed by {signer}")
     if failures:
         raise CommandError(f"{failures} of {len(manifest.files)} files do not match the manifest")
@@ -1033,6 +1039,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--block", type=int, metavar="ID", help="refuse this follower")
     group.add_argument("--hold", type=int, metavar="ID", help="set this follower back to pending")
     p.add_argument("--json", action="store_true", help="print them as JSON")
+
+    from node.cli_keys import add_commands as add_key_commands  # here: node.cli_keys imports node.cli
+
+    add_key_commands(sub, common)
 
     p = client_command("pull", cmd_pull, "download a model version's files from the swarm (peers and the node's "
                        "web seed), verify them against the signed manifest and put them where A1111 or ComfyUI "

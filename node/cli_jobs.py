@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.client import NodeClient, NodeError, NodeUnreachable
+if TYPE_CHECKING:  # the HTTP client is imported by the commands that use it, not by every `atrium` run
+    from node.client import NodeClient
 
 TERMINAL = ("succeeded", "failed", "cancelled", "expired")
 # While the event stream is down: pause between polls of the job, and how long the node may stay away.
@@ -64,6 +66,7 @@ async def follow_job(client: NodeClient, job_id: int, *, label: str) -> dict[str
     the job's error when it failed, expired or was cancelled. Reads the job's event stream and falls back
     to polling when the stream drops (a node restart), for up to UNREACHABLE_GIVE_UP seconds of silence."""
     from node.cli import CommandError
+    from node.client import NodeUnreachable
 
     bar = JobBar(label)
     job: dict[str, Any] | None = None
@@ -72,13 +75,14 @@ async def follow_job(client: NodeClient, job_id: int, *, label: str) -> dict[str
     while job is None or job["status"] not in TERMINAL:
         try:
             if stream_ok:
-                async for event, data in client.job_events(job_id):
-                    unreachable_since = None
-                    if event == "status":
-                        job = data
-                    bar(float(data.get("progress") or 0.0), str(data.get("message") or ""))
-                    if job is not None and job["status"] in TERMINAL:
-                        break
+                async with contextlib.aclosing(client.job_events(job_id)) as events:
+                    async for event, data in events:
+                        unreachable_since = None
+                        if event == "status":
+                            job = data
+                        bar(float(data.get("progress") or 0.0), str(data.get("message") or ""))
+                        if job is not None and job["status"] in TERMINAL:
+                            break
                 if job is None or job["status"] not in TERMINAL:
                     stream_ok = False  # ended without the end of the job: a proxy cut it; poll instead
                 continue

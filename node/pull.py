@@ -29,7 +29,7 @@ from node.core.files import atomic_write_bytes
 from node.core.manifests import ManifestError, ManifestFile, check_file
 from node.core.swarm import add_params, check_torrent_matches, session_settings, stop_session
 from node.core.torrents import TorrentMeta
-from node.sources import Wanted, manifest_entry, resolve, torrent_of, verified_manifest
+from node.sources import Wanted, manifest_entry, resolve, signer_text, torrent_of, verified_manifest
 
 PARTIAL_DIR = ".atrium-partial"
 RESUME_FILE = "resume.dat"
@@ -118,7 +118,7 @@ async def pull(client: NodeClient, target: str, options: PullOptions) -> list[Pa
     if not files:
         raise InvalidInput(f"version {wanted.version_id} lists no files to pull")
     say(options.stream, f"{wanted.version.get('air') or target}: {len(files)} file(s), manifest signed by "
-                        f"{manifest.key_id}")
+                        f"{signer_text(manifest)}")
     done: list[Path] = []
     jobs: list[Job] = []
     for file in files:

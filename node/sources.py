@@ -3,7 +3,10 @@ the `.torrent` of each file. `atrium pull` and a node mirroring another node's f
 
 The manifest is trusted only when it is signed by the node id the node publishes about itself at
 `/.well-known/atrium-node` (or by the id the caller pins), so a node that hands out another key's
-manifest, or a manifest altered on the way, is refused before a byte is downloaded.
+manifest, or a manifest altered on the way, is refused before a byte is downloaded. After a key
+rotation the manifest is signed by the node's current key and carries the key chain from the node id
+to it; a manifest signed by a key the node document lists as retired is refused (the node re-signs its
+manifests when it rotates, so only an old copy, or someone holding a retired key, offers one).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from node.client import NodeClient
 from node.core.errors import InvalidInput
+from node.core.keychain import KeyChainError, KeyPeriod, key_periods, rotation_from_json
 from node.core.manifests import Manifest, ManifestError, ManifestFile, open_manifest
 
 NODE_DOCUMENT = "/.well-known/atrium-node"
@@ -113,24 +117,58 @@ async def _with_model(client: NodeClient, version: dict[str, Any]) -> dict[str, 
     return {**version, "model": {"name": model.get("name"), "type": model.get("type")}}
 
 
-async def node_id_of(client: NodeClient) -> str:
-    """The node id (z6Mk...) the node states in its node document."""
+async def node_document(client: NodeClient) -> tuple[str, dict[str, Any]]:
+    """(node id, document) as the node states them at /.well-known/atrium-node."""
     document = await client.get(NODE_DOCUMENT)
     node_id = document.get("id") if isinstance(document, dict) else None
     if not isinstance(node_id, str) or not node_id:
         raise ManifestError(f"{client.base_url}{NODE_DOCUMENT} names no node id")
-    return node_id
+    return node_id, document
+
+
+async def node_id_of(client: NodeClient) -> str:
+    """The node id (z6Mk...) the node states in its node document."""
+    return (await node_document(client))[0]
+
+
+def document_keys(node_id: str, document: dict[str, Any]) -> list[KeyPeriod]:
+    """The node's keys as the rotation entries in its node document prove them (the current key last);
+    ManifestError when that chain does not hold."""
+    keys = document.get("keys")
+    if not isinstance(keys, list):
+        keys = []
+    rotations = [k.get("rotation") for k in keys if isinstance(k, dict) and k.get("rotation") is not None]
+    try:
+        return key_periods(node_id, [rotation_from_json(r) for r in rotations])
+    except KeyChainError as exc:
+        raise ManifestError(f"the node document's key chain does not hold: {exc.detail}") from None
+
+
+def retired_keys(node_id: str, document: dict[str, Any]) -> dict[str, int]:
+    """Keys the node document proves the node retired: key -> the seq of the rotation that retired it."""
+    return {p.key: p.until_seq for p in document_keys(node_id, document) if p.until_seq is not None}
 
 
 async def verified_manifest(client: NodeClient, version_id: int, key: str | None = None) -> Manifest:
-    """The version's manifest, which must be signed by `key` or else by the node's own id."""
-    trusted = key or await node_id_of(client)
-    if key is not None:
-        stated = await node_id_of(client)
-        if stated != key:
-            raise ManifestError(f"{client.base_url} is node {stated}, not the pinned {key}")
+    """The version's manifest, which must come from `key` (a node id) or else from the node's own id,
+    signed by that node's current key."""
+    stated, document = await node_document(client)
+    if key is not None and stated != key:
+        raise ManifestError(f"{client.base_url} is node {stated}, not the pinned {key}")
     envelope = await client.get_bytes(f"/api/node/v1/versions/{version_id}/manifest", limit=16 * 1024 * 1024)
-    return open_manifest(envelope, trusted_keys=[trusted])
+    manifest = open_manifest(envelope, trusted_keys=[key or stated])
+    retired = retired_keys(stated, document)
+    if manifest.key_id in retired:
+        raise ManifestError(f"manifest: signed by {manifest.key_id}, a key {stated} retired at log entry "
+                            f"{retired[manifest.key_id]}; the node signs with another key now")
+    return manifest
+
+
+def signer_text(manifest: Manifest) -> str:
+    """Who signed a manifest, for people: the node id, and the key when it is a later one."""
+    if manifest.key_id == manifest.node_id or not manifest.node_id:
+        return manifest.key_id
+    return f"{manifest.node_id} (with its key {manifest.key_id}, rotation entry {manifest.keys[-1].from_seq - 1})"
 
 
 def manifest_entry(manifest: Manifest, file: dict[str, Any]) -> ManifestFile:
@@ -146,4 +184,5 @@ async def torrent_of(client: NodeClient, file_id: int) -> bytes:
     return await client.get_bytes(f"/api/node/v1/files/{file_id}/torrent", limit=16 * 1024 * 1024)
 
 
-__all__ = ["Wanted", "manifest_entry", "node_id_of", "resolve", "split_target", "torrent_of", "verified_manifest"]
+__all__ = ["Wanted", "document_keys", "manifest_entry", "node_document", "node_id_of", "resolve", "retired_keys", "signer_text", "split_target",
+           "torrent_of", "verified_manifest"]

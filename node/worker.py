@@ -44,9 +44,12 @@ READ_BYTES = 1024 * 1024
 def load_kinds(plugins: list[str] | None, wanted: list[str] | None) -> dict[str, JobKind]:
     """The job kinds this worker runs: those of the named plugins (or of every installed plugin that
     loads), limited to `wanted` when given. InvalidInput when a wanted kind is not provided."""
-    names = plugins if plugins else sorted(available_plugins())
-    host = PluginHost(names)
-    host.check_names()
+    installed = available_plugins()
+    missing = [name for name in plugins or [] if name not in installed]
+    if missing:
+        raise InvalidInput(f"--plugins: {', '.join(missing)} not installed here "
+                           f"(installed: {', '.join(sorted(installed)) or 'none'})")
+    host = PluginHost(plugins or sorted(installed), available=installed)
     host.load(strict=bool(plugins))
     for name, error in host.errors.items():
         log.warning("plugin %r not loaded: %s", name, error)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +46,8 @@ async def test_progress_is_streamed_as_server_sent_events_until_the_job_ends(job
     assert events[-1][1]["status"] == "succeeded" and events[-1][1]["result"]["finished"] is True
     progress = [data["progress"] for name, data in events if name == "progress"]
     assert len(progress) >= 2 and progress == sorted(progress)
-    assert any(data["detail"].get("step") for name, data in events if name == "progress")
+    details = [data["detail"] for name, data in events if name == "progress" and data["detail"].get("step")]
+    assert details and all(d["odd"] in ("{0}", "{1}") for d in details), "details that are not JSON arrive as text"
 
 
 async def test_a_job_that_raises_fails_with_its_error(jobs_api: Any) -> None:
@@ -215,6 +215,15 @@ async def test_output_files_are_stored_with_the_job_and_served_to_its_owner(jobs
     assert sorted(p.name for p in stored.iterdir()) == ["files"], "no staging or work directory is left"
 
 
+async def test_an_output_file_with_a_path_for_a_name_fails_the_job(jobs_api: Any) -> None:
+    api = await jobs_api()
+    token = await api.user("alice")
+    done = await finished(api, token, (await submit(api, token, "write", {"text": "x", "name": "../evil"}))["id"])
+    assert done["status"] == "failed"
+    assert "the run's output was refused: output file name '../evil' is not allowed" in done["error"]
+    assert not (api.node.config.jobs_path / "evil").exists()
+
+
 async def test_a_run_may_fetch_only_the_blobs_its_params_list(jobs_api: Any) -> None:
     api = await jobs_api()
     token = await api.user("alice")
@@ -288,3 +297,58 @@ async def test_prepare_refusals_reach_the_submitter_unchanged(jobs_api: Any) -> 
     user = await api.node.accounts.create_user("carol")
     with pytest.raises(InvalidInput, match="params.text must be a string"):
         await api.node.jobs.submit(user, "echo", {"text": 5})
+
+
+async def test_concurrent_claims_from_two_processes_never_share_a_job(config: Any) -> None:
+    from node.core.jobs import Jobs
+    from node.core.tables import User
+
+    databases = [Database.from_config(config) for _ in range(2)]
+    try:
+        async with databases[0].session() as session:
+            owner = User(username="alice", username_key="alice")
+            session.add(owner)
+            await session.commit()
+            session.add_all([Job(kind="echo", owner_id=owner.id, status="pending", params={}) for _ in range(40)])
+            await session.commit()
+        services = [Jobs(db, config) for db in databases]
+        claims = await asyncio.gather(*(services[i % 2].claim(f"worker-{i}", ["echo"]) for i in range(60)))
+        taken = [c.job.id for c in claims if c is not None]
+        assert len(taken) == 40 and len(set(taken)) == 40, "every job claimed exactly once"
+        assert sum(c is None for c in claims) == 20
+    finally:
+        for db in databases:
+            await db.close()
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"lease_seconds": 0}, "node.toml: jobs.lease_seconds: must be at least 1; got 0"),
+    ({"workers": "two"}, "node.toml: jobs.workers: expected an integer, got 'two'"),
+    ({"max_queued": 3}, "node.toml: jobs.max_queued: unknown key (known: workers, lease_seconds"),
+])
+def test_bad_jobs_settings_are_config_errors_naming_the_key(tmp_path: Any, table: dict[str, Any], message: str) -> None:
+    from node.core.config import config_from_mapping
+    from node.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping(tmp_path, {"jobs": table}, env={})
+    assert message in caught.value.detail
+
+
+def test_two_plugins_registering_one_job_kind_stop_the_node_naming_both() -> None:
+    from node.core.errors import PluginLoadError
+    from node.core.hookspecs import hookimpl
+    from node.core.jobs import JobKind, collect_kinds
+    from node.core.plugins import PluginHost
+
+    class Twin:
+        @hookimpl
+        def atrium_job_kinds(self, register: Any) -> None:
+            register(JobKind("echo", run=None, prepare=None))  # type: ignore[arg-type]
+
+    host = PluginHost([], available={})
+    host.register(Twin(), "first")
+    host.register(Twin(), "second")
+    with pytest.raises(PluginLoadError, match="plugin 'second' registers the job kind 'echo', which plugin 'first' "
+                                              "already registers"):
+        collect_kinds(host)

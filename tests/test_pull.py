@@ -134,7 +134,7 @@ def test_bad_targets_and_options_get_a_clear_message_and_an_exit_code(
     node = ["--node", cluster.alpha.url, "--listen", "127.0.0.1:0", "--to", str(tmp_path)]
     cases = [
         (["urn:air:sd1:lora:alpha:999@999", *node], 1, "no model version 999"),
-        (["urn:air:sd1:lora:elsewhere:1@1", *node], 1, "this node is 'alpha'"),
+        (["urn:air:sd1:lora:elsewhere:1@1", *node], 1, "which this node ('alpha') does not follow"),
         (["hello", *node], 1, "not an AIR"),
         ([f"{cluster.alpha.url}/about", *node], 1, "not a URL of a model"),
         ([cluster.air, *node, "--peer", "nowhere"], 2, "HOST:PORT"),

@@ -106,6 +106,10 @@ async def test_worker_routes_take_only_worker_tokens_and_the_current_lease(jobs_
     beat = await api.call("POST", f"{base}/heartbeat", worker, json={"progress": 0.5, "message": "half"}, headers=lease)
     assert beat.status == 200 and (await beat.json())["cancelled"] is False
     assert (await api.call("POST", f"{base}/heartbeat", worker, json={"progress": 2}, headers=lease)).status == 400
+    huge = await api.call("POST", f"{base}/heartbeat", worker, json={"detail": {"x": "y" * 5000}}, headers=lease)
+    assert huge.status == 400 and "at most 4096 bytes" in (await huge.json())["detail"]
+    long_kind = await api.call("POST", CLAIM, worker, json={"kinds": ["k" * 65]})
+    assert long_kind.status == 400
     assert (await api.call("PUT", f"{base}/files/.hidden", worker, data=b"x", headers=lease)).status == 400
     big = await api.call("PUT", f"{base}/files/big.bin", worker, data=b"x" * 2048, headers=lease)
     assert big.status == 413 and "max_file_bytes" in (await big.json())["detail"]
@@ -174,6 +178,10 @@ def test_workers_are_added_listed_and_revoked_at_the_command_line(tmp_path: Path
     assert missing.returncode == 1 and "no worker named 'nobody'" in missing.stderr
     no_token = atrium("worker", "--node", "http://127.0.0.1:9")
     assert no_token.returncode == 2 and "--token" in no_token.stderr
+    no_plugin = atrium("worker", "--node", "http://127.0.0.1:9", "--token", secret, "--plugins", "nope")
+    assert no_plugin.returncode == 1 and "--plugins: nope not installed here" in no_plugin.stderr
+    no_kind = atrium("worker", "--node", "http://127.0.0.1:9", "--token", secret, "--kinds", "paint")
+    assert no_kind.returncode == 1 and "no loaded plugin provides the job kind(s) paint" in no_kind.stderr
 
 
 def _poll(check: Any, deadline: float = 20.0) -> Any:
@@ -187,10 +195,11 @@ def _poll(check: Any, deadline: float = 20.0) -> Any:
     raise AssertionError(f"condition not met within {deadline} s")
 
 
-def test_a_node_killed_mid_job_completes_the_job_after_restart_exactly_once(tmp_path: Path, serve: Any) -> None:
+def test_a_node_killed_mid_job_completes_the_job_after_restart_exactly_once(tmp_path: Path, serve: Any,
+                                                                            database_url: str) -> None:
     data = tmp_path / "node"
     env = {**install_testkit(tmp_path / "site"), "ATRIUM_PLUGINS_ENABLED": "jobs_testkit",
-           "ATRIUM_JOBS_LEASE_SECONDS": "2", "ATRIUM_JOBS_POLL_SECONDS": "1"}
+           "ATRIUM_JOBS_LEASE_SECONDS": "2", "ATRIUM_JOBS_POLL_SECONDS": "1", "ATRIUM_DATABASE_URL": database_url}
     assert atrium("init", str(data), env=env).returncode == 0
     token = atrium("users", "add", "alice", data=data, env=env).stdout.splitlines()[-1]
     server = serve(data, env=env)
@@ -244,3 +253,54 @@ def test_jobs_wait_exits_1_with_the_jobs_error(tmp_path: Path, serve: Any, kind:
     assert "error:    RuntimeError" in shown.stdout
     cancelled = atrium("jobs", "cancel", str(queued["id"]), "--node", server.url, "--token", token, env=env)
     assert cancelled.returncode == 1 and "already ended (failed)" in cancelled.stderr
+
+
+def test_a_node_stopped_cleanly_hands_its_running_job_back_and_ends_event_streams(tmp_path: Path, serve: Any) -> None:
+    import sqlite3
+
+    data = tmp_path / "node"
+    env = {**install_testkit(tmp_path / "site"), "ATRIUM_PLUGINS_ENABLED": "jobs_testkit"}
+    assert atrium("init", str(data), env=env).returncode == 0
+    token = atrium("users", "add", "alice", data=data, env=env).stdout.splitlines()[-1]
+    server = serve(data, env=env)
+    wait_healthy(server)
+    _status, queued = http_json("POST", server.url + "/api/node/v1/jobs",
+                                {"kind": "count", "params": {"n": 100_000, "delay": 0.01}}, token)
+    job_url = f"{server.url}/api/node/v1/jobs/{queued['id']}"
+    _poll(lambda: http_json("GET", job_url, token=token)[1]["progress"] > 0)
+    waiter = subprocess.Popen([sys.executable, "-m", "node", "jobs", "wait", str(queued["id"]), "--node", server.url,
+                               "--token", token], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=worker_env(install_testkit(tmp_path / "site")))
+    try:
+        assert waiter.stderr is not None
+        assert f"job {queued['id']}:" in waiter.stderr.readline(), "the waiter follows the event stream"
+        started = time.monotonic()
+        code, _out, err = server.stop(signal.SIGTERM)
+        assert code == 0, err
+        assert time.monotonic() - started < 10, "an open event stream does not hold up the stop"
+    finally:
+        waiter.kill()
+        waiter.communicate()
+    with sqlite3.connect(data / "atrium.db") as db:
+        status, attempts = db.execute("SELECT status, attempts FROM jobs WHERE id = ?", (queued["id"],)).fetchone()
+    assert (status, attempts) == ("pending", 0)
+
+
+def test_a_remote_worker_keeps_trying_while_the_node_is_down_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    proc = subprocess.Popen([sys.executable, "-m", "node", "worker", "--node", f"http://127.0.0.1:{free_port()}",
+                             "--token", "atw_unused", "--plugins", "jobs_testkit"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=worker_env(install_testkit(tmp_path / "site")))
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        _poll(lambda: lines.append(proc.stderr.readline()) or "trying again in 2 s" in lines[-1], deadline=30)
+        assert any("connection refused; trying again in 1 s" in line for line in lines)
+        proc.send_signal(signal.SIGINT)
+        out, _err = proc.communicate(timeout=15)
+        assert proc.returncode == 0 and "stopped after 0 jobs" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

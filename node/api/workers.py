@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import Field
@@ -52,7 +52,7 @@ def worker_name(request: web.Request, instance: str) -> str:
 
 
 class ClaimBody(Body):
-    kinds: list[str] = Field(min_length=1, max_length=100)
+    kinds: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=100)
     device: str = Field(default="cpu", max_length=32)
     instance: str = Field(default="", max_length=60)
     wait: float = Field(default=0.0, ge=0.0, le=MAX_CLAIM_WAIT)
@@ -99,7 +99,7 @@ async def claim(request: web.Request) -> web.Response:
         ticket = jobs.wake.ticket()
         got = await jobs.claim(name, kinds, body.device)
         left = deadline - time.monotonic()
-        if got is not None or left <= 0:
+        if got is not None or left <= 0 or jobs.closing:
             jobs.wake.discard(ticket)
             break
         await jobs.wake.wait(ticket, min(left, float(jobs.settings.poll_seconds)))

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import or_
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,7 @@ from node.core.catalog import version_air
 from node.core.db import Database
 from node.core.errors import Conflict, NotFound
 from node.core.identity import NodeIdentity
+from node.core.keychain import refresh_identity
 from node.core.manifests import ManifestFile, build_statement, sign_manifest
 from node.core.tables import FileHash, FileTorrent, Model, ModelFile, ModelVersion, VersionManifest
 from node.core.torrents import TorrentMeta, make_torrent
@@ -57,6 +59,9 @@ class Distribution:
         self._locks: dict[int, asyncio.Lock] = {}
         self.listeners: list[TorrentListener] = []  # told about every new torrent (the swarm seeds it)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by open_node: where the key lives, so that a rotation committed by another process is
+        # adopted before a manifest is signed or served (keychain.refresh_identity).
+        self.key_path: Path | None = None
 
     def schedule_model(self, model_id: int) -> None:
         """Prepare a just-published model in the background (hashing big files takes seconds); a
@@ -76,7 +81,7 @@ class Distribution:
                    .where(ModelVersion.status == ModelStatus.PUBLISHED.value,
                           Model.status == ModelStatus.PUBLISHED.value,
                           or_(col(VersionManifest.version_id).is_(None),
-                              VersionManifest.key_id != self.identity.node_id)))
+                              VersionManifest.key_id != self.identity.key_id)))
         async with self.db.read_session() as session:
             ids = (await session.exec(lacking.order_by(col(ModelVersion.id)))).all()
             files = (await session.exec(select(ModelFile.version_id, ModelFile.sha256).where(
@@ -137,13 +142,15 @@ class Distribution:
     async def prepare(self, version_id: int) -> bytes:
         """Make the missing torrents of a published version's files and (re)sign its manifest when its
         set of files changed. Returns the manifest envelope. Conflict for drafts, NotFound when gone."""
+        if self.key_path is not None:
+            await refresh_identity(self.db, self.identity, self.key_path)
         async with self._lock(version_id):
             version, model, files = await self._version_files(version_id)
             torrents = await self._torrents(files)
             digest = files_digest(files)
             async with self.db.read_session() as session:
                 stored = await session.get(VersionManifest, version_id)
-                if stored is not None and stored.files_digest == digest and stored.key_id == self.identity.node_id:
+                if stored is not None and stored.files_digest == digest and stored.key_id == self.identity.key_id:
                     return stored.envelope
             hashes = await self._hashes([f.id for f in files])  # type: ignore[misc]
             entries = [ManifestFile(
@@ -165,9 +172,9 @@ class Distribution:
                 row = await session.get(VersionManifest, version_id)
                 if row is None:
                     row = VersionManifest(version_id=version_id, envelope=envelope, files_digest=digest,
-                                          key_id=self.identity.node_id)
+                                          key_id=self.identity.key_id)
                 else:
-                    row.envelope, row.files_digest, row.key_id = envelope, digest, self.identity.node_id
+                    row.envelope, row.files_digest, row.key_id = envelope, digest, self.identity.key_id
                 session.add(row)
                 await session.commit()
             log.info("signed the manifest of version %d (%d files)", version_id, len(files))

@@ -4,11 +4,18 @@ The node id is the public key in did:key form without the `did:key:` prefix: mul
 (`z...`) of the multicodec `ed25519-pub` prefix (0xed 0x01) followed by the 32 key bytes. Anyone holding
 a node id can therefore check the node's signatures without asking the node for its key, and
 `did:key:<node id>` is a valid DID.
+
+The node id is that of the node's first (genesis) key and never changes. After a key rotation
+(node/core/keychain.py) the node signs with a newer key, named by its own key id (the same did:key
+form); the chain of signed rotation entries leads from the node id to it, and is kept in `keys.json`
+beside the key file.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,12 @@ from node.core.files import atomic_write_bytes
 
 ED25519_MULTICODEC = b"\xed\x01"
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+CHAIN_FILE = "keys.json"  # beside the key file: the node id and the rotations that lead to the current key
+
+
+def canonical_json(value: object) -> bytes:
+    """The one canonical JSON of manifests, the log and rotation proofs: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def b58encode(data: bytes) -> str:
@@ -62,10 +75,25 @@ def public_key_from_node_id(node_id: str) -> Ed25519PublicKey:
 
 
 @dataclass(frozen=True)
-class NodeIdentity:
-    """The node's key pair and id."""
+class Rotation:
+    """A signed `node.key_rotated` log entry: the exact bytes and the retiring key's signature."""
 
-    private_key: Ed25519PrivateKey
+    entry: bytes
+    sig: bytes
+
+
+class NodeIdentity:
+    """The node's id, its current key pair, and the rotations from the node id's key to the current one.
+
+    Every part of a running node holds the same object, so a rotation adopted by one (`adopt`) is
+    the key all of them sign with from then on.
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey, node_id: str | None = None,
+                 rotations: Sequence[Rotation] = ()) -> None:
+        self.private_key = private_key
+        self._node_id = node_id
+        self.rotations: tuple[Rotation, ...] = tuple(rotations)
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -73,15 +101,31 @@ class NodeIdentity:
 
     @property
     def node_id(self) -> str:
+        """The node's id: that of its genesis key, unchanged by rotations."""
+        return self._node_id or self.key_id
+
+    @property
+    def key_id(self) -> str:
+        """The id (did:key form) of the key the node signs with now."""
         return node_id_for(self.public_key)
+
+    @property
+    def rotated(self) -> bool:
+        return self.key_id != self.node_id
 
     @property
     def public_key_bytes(self) -> bytes:
         return self.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
     def sign(self, message: bytes) -> bytes:
-        """Ed25519 signature of `message` (64 bytes)."""
+        """Ed25519 signature of `message` with the current key (64 bytes)."""
         return self.private_key.sign(message)
+
+    def adopt(self, private_key: Ed25519PrivateKey, rotations: Sequence[Rotation], node_id: str | None = None) -> None:
+        """Sign with `private_key` from now on (after a rotation committed to the log)."""
+        self._node_id = node_id or self.node_id
+        self.private_key = private_key
+        self.rotations = tuple(rotations)
 
 
 def verify(node_id: str, message: bytes, signature: bytes) -> bool:
@@ -102,8 +146,8 @@ def create_identity(path: Path) -> NodeIdentity:
     return NodeIdentity(key)
 
 
-def load_identity(path: Path) -> NodeIdentity:
-    """Read the node key; ConfigError (naming identity.key_file) when it is missing or not a key."""
+def read_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read an Ed25519 key file; ConfigError (naming identity.key_file) when it is missing or not a key."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -118,4 +162,27 @@ def load_identity(path: Path) -> NodeIdentity:
         raise ConfigError(f"identity.key_file: {path} holds a {type(key).__name__}, not an Ed25519 key")
     if os.name == "posix" and path.stat().st_mode & 0o077:
         raise ConfigError(f"identity.key_file: {path} is readable by other users; run chmod 600 {path}")
-    return NodeIdentity(key)
+    return key
+
+
+def load_identity(path: Path) -> NodeIdentity:
+    """Read the node key and, after a rotation, the key chain beside it (`keys.json`), checked from the
+    node id to this key; ConfigError when either is missing, unreadable or does not fit the other."""
+    key = read_private_key(path)
+    chain_path = path.with_name(CHAIN_FILE)
+    if not chain_path.exists():
+        return NodeIdentity(key)
+    from node.core.keychain import KeyChainError, finish_from_pending, key_periods, read_chain
+
+    node_id, rotations = read_chain(chain_path)
+    try:
+        current = key_periods(node_id, rotations)[-1].key
+    except KeyChainError as exc:
+        raise ConfigError(f"{chain_path}: {exc.detail}") from None
+    if node_id_for(key.public_key()) != current and finish_from_pending(path, current):
+        key = read_private_key(path)  # a rotation was interrupted after its chain was written
+    identity = NodeIdentity(key, node_id, rotations)
+    if current != identity.key_id:
+        raise ConfigError(f"{path} holds key {identity.key_id}, but {chain_path} says node {node_id} signs with "
+                          f"{current}: restore the matching key file from a backup")
+    return identity

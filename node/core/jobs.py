@@ -25,6 +25,7 @@ import re
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,14 +33,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, update
+from sqlalchemy import case, func, literal, update
 from sqlmodel import col, select
 
 from node.core.config import Config
 from node.core.db import Database
 from node.core.errors import Conflict, Forbidden, InvalidInput, NotFound, PluginLoadError, RateLimited, TooLarge
-from node.core.files import _fsync_dir
-from node.core.tables import Job, Role, User, utcnow
+from node.core.tables import Job, Role, User, UTCDateTime, utcnow
 from node.core.workers import WorkerTokens
 
 if TYPE_CHECKING:
@@ -55,9 +55,13 @@ KIND_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 MAX_PARAMS_BYTES = 256 * 1024
 MAX_LIST = 500
 MESSAGE_MAX = 500
+# A progress report's detail (a step number, a preview's name) is kept small: it is written at each report.
+MAX_DETAIL_BYTES = 4096
 ERROR_MAX = 2000
 # Finished jobs past [jobs] keep_days are deleted at most this often.
 RETENTION_INTERVAL = 3600.0
+# A work directory untouched this long belongs to an attempt whose process died.
+STALE_WORKDIR_SECONDS = 86400.0
 
 
 class JobStatus(StrEnum):
@@ -214,6 +218,12 @@ class JobEvents:
         for queue in self._listeners.get(job_id, ()):
             queue.put_nowait(event)
 
+    def end_all(self) -> None:
+        """Tell every listener to stop listening (the node is stopping)."""
+        for queues in self._listeners.values():
+            for queue in queues:
+                queue.put_nowait({"event": "end"})
+
     @contextlib.contextmanager
     def listen(self, job_id: int) -> Any:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -291,6 +301,8 @@ class Jobs:
         self._last_retention = 0.0
         self.runner: Any = None
         self.worker_tokens = WorkerTokens(db)
+        self._stopping = asyncio.Event()
+        self.closing = False  # the node is stopping: long polls and event streams end
 
     @property
     def lease_seconds(self) -> float:
@@ -315,12 +327,18 @@ class Jobs:
         if self.runner is not None:
             await self.runner.close()
             self.runner = None
-        for task in self._tasks:
-            task.cancel()
+        self._stopping.set()  # the sweeper ends between rounds, never in the middle of a write
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+    def shutdown(self) -> None:
+        """End event streams and long-polling claims at once: the node is stopping, and its HTTP server
+        waits for open requests before it closes. (Clients poll or reconnect; jobs go on after a restart.)"""
+        self.closing = True
+        self.events_bus.end_all()
+        self.wake.set()
 
     # -- users' side ---------------------------------------------------------------------------
 
@@ -349,26 +367,52 @@ class Jobs:
                 raise TypeError(f"job kind {kind!r}: params['blobs'] must list SHA-256 digests; got {sha!r}")
         limit = self.settings.max_queued_per_user
         exempt = Role(owner.role).includes(Role.ADMIN)
+        idle = self.runner.take_idle(job_kind) if self.runner is not None else None
+        claim: Claim | None = None
+        try:
+            job, lease = await self._insert(owner, job_kind, prepared, exempt, limit, idle.name if idle else None)
+            if lease is not None:
+                claim = Claim(job=job, lease=lease)
+        finally:
+            if idle is not None:
+                idle.give(claim)
+        if claim is None:
+            self.wake.set()
+        self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
+        return job
+
+    async def _insert(self, owner: User, job_kind: JobKind, prepared: dict[str, Any], exempt: bool, limit: int,
+                      worker: str | None) -> tuple[Job, str | None]:
+        """Insert the job after checking the queue limit; with `worker`, already claimed by it (the lease
+        is returned)."""
         async with self.db.session() as session:
             if not exempt:
+                count = (select(func.count()).select_from(Job).where(
+                    Job.owner_id == owner.id, col(Job.status).in_([JobStatus.PENDING.value, JobStatus.RUNNING.value]))
+                    .scalar_subquery())
+                query = select(count).where(User.id == owner.id)
                 if self.db.dialect == "postgresql":
-                    # Serialise one user's submissions, so two at once cannot both pass the limit.
-                    await session.exec(select(User.id).where(User.id == owner.id).with_for_update())
-                queued = (await session.exec(select(func.count()).select_from(Job).where(
-                    Job.owner_id == owner.id,
-                    col(Job.status).in_([JobStatus.PENDING.value, JobStatus.RUNNING.value])))).one()
+                    # Lock the owner's row: two submissions of one user at once cannot both pass the limit.
+                    # (SQLite: the session holds the database's write lock from BEGIN.)
+                    query = query.with_for_update(of=User)  # type: ignore[arg-type]
+                queued = (await session.exec(query)).one()
                 if queued >= limit:
                     raise RateLimited(f"you have {queued} jobs pending or running, the most this node allows "
                                       f"per user ([jobs] max_queued_per_user = {limit}); wait for one to finish "
                                       "or cancel one", retry_after=max(1, self.settings.poll_seconds))
-            job = Job(kind=kind, owner_id=owner.id, status=JobStatus.PENDING.value, params=prepared,
+            job = Job(kind=job_kind.name, owner_id=owner.id, status=JobStatus.PENDING.value, params=prepared,
                       max_attempts=job_kind.max_attempts or self.settings.max_attempts, gpu=job_kind.gpu)
+            lease = None
+            if worker is not None:
+                lease, now = secrets.token_urlsafe(32), utcnow()
+                job.status, job.attempts, job.lease_hash, job.worker, job.device = \
+                    JobStatus.RUNNING.value, 1, hash_lease(lease), worker, "cpu"
+                job.lease_until, job.heartbeat_at, job.started_at = \
+                    now + timedelta(seconds=self.lease_seconds), now, now
+                job.message = "started"
             session.add(job)
-            await session.commit()
-            await session.refresh(job)
-        self.wake.set()
-        self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
-        return job
+            await session.commit()  # every column is set here, none by the database: no refresh needed
+        return job, lease
 
     async def get(self, job_id: int, viewer: User) -> Job:
         """A job its owner or an admin may see; NotFound for anyone else (they may not know it exists)."""
@@ -417,10 +461,11 @@ class Jobs:
     async def cancel(self, job_id: int, actor: User) -> Job:
         """Cancel a job: a pending one at once; a running one is asked to stop (its worker sees it on its
         next progress report or heartbeat). Conflict for a job that already ended."""
-        job = await self.get(job_id, actor)
+        await self.get(job_id, actor)
         async with self.db.session() as session:
-            job = await session.get(Job, job_id)
-            assert job is not None
+            job = await session.get(Job, job_id, with_for_update=self.db.dialect == "postgresql")
+            if job is None:  # deleted meanwhile
+                raise NotFound(f"no job {job_id}")
             if JobStatus(job.status).finished:
                 raise Conflict(f"job {job_id} already ended ({job.status})")
             if job.status == JobStatus.PENDING:
@@ -446,7 +491,7 @@ class Jobs:
             job = await self.load(job_id)
             yield status_event(job)
             last = (job.status, job.progress, job.message)
-            while not JobStatus(job.status).finished:
+            while not JobStatus(job.status).finished and not self.closing:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=self.settings.poll_seconds)
                 except TimeoutError:
@@ -455,6 +500,8 @@ class Jobs:
                         last = (job.status, job.progress, job.message)
                         yield status_event(job)
                     continue
+                if event["event"] == "end":
+                    return
                 yield event
                 if event["event"] == "status":
                     last = (event["data"]["status"], event["data"]["progress"], event["data"]["message"])
@@ -491,33 +538,38 @@ class Jobs:
             return None
         lease = secrets.token_urlsafe(32)
         now = utcnow()
+        # One statement: pick the oldest pending job (PostgreSQL: skipping rows other claims hold) and
+        # take it. On SQLite the session holds the write lock from BEGIN, so no other claim interleaves.
+        oldest = (select(Job.id).where(Job.status == JobStatus.PENDING.value, col(Job.kind).in_(kinds))
+                  .order_by(col(Job.id)).limit(1))
+        if self.db.dialect == "postgresql":
+            oldest = oldest.with_for_update(skip_locked=True)
+        take = (update(Job).where(col(Job.id) == oldest.scalar_subquery()).values(
+            status=JobStatus.RUNNING.value, attempts=col(Job.attempts) + 1, lease_hash=hash_lease(lease),
+            worker=worker[:100], device=device[:32], heartbeat_at=now,
+            lease_until=now + timedelta(seconds=self.lease_seconds),
+            started_at=func.coalesce(col(Job.started_at), literal(now, UTCDateTime())), progress=0.0,
+            message=case((col(Job.attempts) == 0, "started"), else_="started again"), detail=None)
+            .returning(Job).execution_options(synchronize_session=False))
+        if self.db.dialect == "sqlite" and not await self._exists(oldest):
+            return None  # looked without taking SQLite's write lock: idle workers poll without blocking writers
         async with self.db.session() as session:
-            query = (select(Job).where(Job.status == JobStatus.PENDING.value, col(Job.kind).in_(kinds))
-                     .order_by(col(Job.id)).limit(1))
-            if self.db.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            job = (await session.exec(query)).first()
-            if job is None:
-                return None
-            job.status = JobStatus.RUNNING.value
-            job.attempts += 1
-            job.lease_hash = hash_lease(lease)
-            job.worker = worker[:100]
-            job.device = device[:32]
-            job.lease_until = now + timedelta(seconds=self.lease_seconds)
-            job.heartbeat_at = now
-            job.started_at = job.started_at or now
-            job.progress = 0.0
-            job.message = "started" if job.attempts == 1 else f"started again (attempt {job.attempts})"
-            job.detail = None
-            session.add(job)
+            job = (await session.exec(take)).scalars().first()  # type: ignore[call-overload]
             await session.commit()
-            await session.refresh(job)
+        if job is None:
+            return None
         self.events_bus.publish(job.id, status_event(job))  # type: ignore[arg-type]
         return Claim(job=job, lease=lease)
 
-    async def _held(self, session: Any, job_id: int, lease: str) -> Job:
-        job = await session.get(Job, job_id)
+    async def _exists(self, query: Any) -> bool:
+        async with self.db.read_session() as session:
+            return (await session.exec(query)).first() is not None
+
+    async def _held(self, session: Any, job_id: int, lease: str, *, lock: bool = True) -> Job:
+        # PostgreSQL: lock the row, so the sweeper (which skips locked rows) cannot take the job back
+        # while its holder reports on it, nor a cancel cross a claim. SQLite: the session holds the
+        # write lock already.
+        job = await session.get(Job, job_id, with_for_update=lock and self.db.dialect == "postgresql")
         if job is None:
             raise NotFound(f"no job {job_id}")
         if not isinstance(lease, str) or job.lease_hash != hash_lease(lease) or job.status != JobStatus.RUNNING:
@@ -528,7 +580,7 @@ class Jobs:
     async def held(self, job_id: int, lease: str) -> Job:
         """The job, if `lease` is its current lease; LeaseLost (409) otherwise."""
         async with self.db.read_session() as session:
-            return await self._held(session, job_id, lease)
+            return await self._held(session, job_id, lease, lock=False)
 
     async def heartbeat(self, job_id: int, lease: str, progress: float | None = None, message: str | None = None,
                         detail: dict[str, Any] | None = None) -> Heartbeat:
@@ -536,6 +588,8 @@ class Jobs:
         lease is no longer this worker's."""
         if progress is not None and not (isinstance(progress, (int, float)) and 0.0 <= progress <= 1.0):
             raise InvalidInput(f"progress must be a number from 0 to 1; got {progress!r}")
+        if detail is not None and len(json.dumps(detail)) > MAX_DETAIL_BYTES:
+            raise InvalidInput(f"a progress detail may take at most {MAX_DETAIL_BYTES} bytes of JSON")
         now = utcnow()
         async with self.db.session() as session:
             job = await self._held(session, job_id, lease)
@@ -598,22 +652,27 @@ class Jobs:
         names = [check_file_name(f.name) for f in output.files]
         if len(set(names)) != len(names):
             raise InvalidInput("two output files have the same name")
-        # Renew the lease first: storing files and finish() may take a while.
+        # Storing files and finish() may take a while: the lease is renewed meanwhile.
         await self.heartbeat(job_id, lease, message="storing results")
         job = await self.held(job_id, lease)
         kind = self.kinds.get(job.kind)
-        stored, described = await asyncio.to_thread(self._store_files, job_id, output.files)
-        final = JobOutput(result=output.result, files=stored)
-        result = output.result
-        if kind is not None and kind.finish is not None:
-            try:
+        renewing = asyncio.create_task(self._renew(job_id, lease))
+        try:
+            stored, described = await asyncio.to_thread(self._store_files, job_id, output.files)
+            final = JobOutput(result=output.result, files=stored)
+            result = output.result
+            if kind is not None and kind.finish is not None:
                 assert self.node is not None
                 result = await kind.finish(self.node, job, final)
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                log.exception("job %s: finish() of kind %r failed", job_id, job.kind)
-                return await self.fail(job_id, lease, f"storing the results failed: {_describe(exc)}")
+        except (LeaseLost, InvalidInput):
+            raise
+        except Exception as exc:
+            log.exception("job %s: finish() of kind %r failed", job_id, job.kind)
+            return await self.fail(job_id, lease, f"storing the results failed: {_describe(exc)}")
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await renewing
         async with self.db.session() as session:
             changed = (await session.exec(update(Job).where(  # type: ignore[call-overload]
                 col(Job.id) == job_id, col(Job.lease_hash) == hash_lease(lease),
@@ -625,9 +684,16 @@ class Jobs:
             raise LeaseLost(f"job {job_id} changed hands while its results were stored; the report is refused")
         return await self._ended(job_id)
 
+    async def _renew(self, job_id: int, lease: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            await self.heartbeat(job_id, lease)
+
     def _store_files(self, job_id: int, files: list[OutputFile]) -> tuple[list[OutputFile], list[dict[str, Any]]]:
         """Move the files into a fresh directory, then rename it to DATA/jobs/<id>/files in one step."""
         job_dir = self.root / str(job_id)
+        if not files:
+            return [], []
         job_dir.mkdir(parents=True, exist_ok=True)
         staging = job_dir / f".staging-{secrets.token_hex(6)}"
         staging.mkdir()
@@ -646,7 +712,7 @@ class Jobs:
             if final.exists():  # an earlier attempt stored files and then lost its lease
                 shutil.rmtree(final)
             os.replace(staging, final)
-            _fsync_dir(job_dir)
+            _fsync_dir(job_dir)  # the rename is durable before the job is marked done
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -717,6 +783,9 @@ class Jobs:
         """Jobs whose lease ran out: back to pending while attempts remain, else expired (cancelled when a
         cancel was asked). Returns how many were handled."""
         now = utcnow()
+        expired = select(Job.id).where(Job.status == JobStatus.RUNNING.value, col(Job.lease_until) < now).limit(1)
+        if not await self._exists(expired):
+            return 0  # the common case, found without a write lock
         async with self.db.session() as session:
             query = select(Job).where(Job.status == JobStatus.RUNNING.value, col(Job.lease_until) < now)
             if self.db.dialect == "postgresql":
@@ -765,23 +834,45 @@ class Jobs:
     async def _sweep_forever(self) -> None:
         interval = min(self.lease_seconds / 2, float(self.settings.poll_seconds))
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.sweep()
                 if loop.time() - self._last_retention > RETENTION_INTERVAL:
                     self._last_retention = loop.time()
+                    await asyncio.to_thread(_remove_stale_workdirs, self.root, STALE_WORKDIR_SECONDS)
                     removed = await self.delete_old()
                     if removed:
                         log.info("deleted %d finished jobs older than %d days", removed, self.settings.keep_days)
             except Exception:  # one failed round must not end the sweeping
                 log.exception("sweeping jobs failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
 
 def _delete_job(job_id: int) -> Any:
     from sqlalchemy import delete
 
     return delete(Job).where(col(Job.id) == job_id)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_workdirs(root: Path, older_than: float) -> int:
+    """Work directories of attempts that ended without cleaning up (their process was killed)."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for path in root.glob(".work-*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                shutil.rmtree(path)
+                removed += 1
+    return removed
 
 
 def _flush_and_sync(handle: Any) -> None:

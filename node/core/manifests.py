@@ -3,9 +3,12 @@
 A manifest is an in-toto Statement v1 (subjects: the files with their SHA-256) whose predicate holds the
 version's AIR and, per file, its size, every hash the catalog knows, the safetensors header digest and
 the file's BitTorrent identifiers (v2 file root, v1 and v2 info-hashes, piece size). It travels in a
-DSSE envelope signed with the origin node's Ed25519 key; the key id is the node id (`z6Mk...`), which
-is the public key itself, so a manifest can be checked offline. Web seeds and other URLs stay out of
-it: they change from node to node, the bytes do not.
+DSSE envelope signed with the origin node's Ed25519 key; the signature's key id is the signing key
+(`z6Mk...`, the public key itself), so a manifest can be checked offline. Until the node rotates its
+key that is the node id; after a rotation the predicate's `node` also names the signing key (`key`)
+and carries the key chain (`keyChain`: the signed rotation entries from the node id's key to the
+signing key, node/core/keychain.py), so `--key NODE_ID` still verifies offline. Web seeds and other
+URLs stay out of it: they change from node to node, the bytes do not.
 
 Verification order: the envelope's shape, then the signature over DSSE's PAE of the payload type and
 the exact payload bytes, then the payload type, and only then is the payload parsed. Files are checked
@@ -24,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from node.core.errors import InvalidInput
-from node.core.identity import NodeIdentity, public_key_from_node_id, verify
+from node.core.identity import NodeIdentity, canonical_json, public_key_from_node_id, verify
+from node.core.keychain import KeyChainError, KeyPeriod, key_periods, rotation_from_json, rotation_json
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -44,15 +48,11 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def sign_envelope(identity: NodeIdentity, payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
-    """A DSSE envelope (JSON bytes) over `payload`, signed by the node."""
+    """A DSSE envelope (JSON bytes) over `payload`, signed by the node's current key."""
     signature = identity.sign(pae(payload_type, payload))
     envelope = {"payloadType": payload_type, "payload": base64.b64encode(payload).decode(),
-                "signatures": [{"keyid": identity.node_id, "sig": base64.b64encode(signature).decode()}]}
+                "signatures": [{"keyid": identity.key_id, "sig": base64.b64encode(signature).decode()}]}
     return canonical_json(envelope)
 
 
@@ -105,10 +105,12 @@ class ManifestFile:
 class Manifest:
     """A verified manifest: who signed it and what it says."""
 
-    key_id: str
+    key_id: str  # the key that signed it
     statement: dict[str, Any]
     files: list[ManifestFile]
     envelope: bytes
+    node_id: str = ""  # the origin node (equal to key_id until the node rotates its key)
+    keys: list[KeyPeriod] = field(default_factory=list)  # the origin's keys up to key_id, from the chain
 
     @property
     def predicate(self) -> dict[str, Any]:
@@ -120,7 +122,7 @@ class Manifest:
 
     @property
     def origin(self) -> str | None:
-        """The node id the predicate names as origin (always equal to key_id for a valid manifest)."""
+        """The node id the predicate names as origin (its key chain leads to key_id in a valid manifest)."""
         return (self.predicate.get("node") or {}).get("id")
 
     def file(self, name: str) -> ManifestFile:
@@ -148,15 +150,22 @@ def build_statement(*, node_id: str, node_name: str, air: str, model: dict[str, 
 
 
 def sign_manifest(identity: NodeIdentity, statement: dict[str, Any]) -> bytes:
+    """The statement in a DSSE envelope signed by the node's current key; after a rotation the
+    predicate's node also names that key and carries the chain of rotations leading to it."""
+    if identity.rotated:
+        node = {**statement["predicate"]["node"], "key": identity.key_id,
+                "keyChain": [rotation_json(r) for r in identity.rotations]}
+        statement = {**statement, "predicate": {**statement["predicate"], "node": node}}
     return sign_envelope(identity, canonical_json(statement))
 
 
 def open_manifest(data: bytes, *, trusted_keys: Sequence[str] | None = None) -> Manifest:
     """Check a manifest envelope and return what it says.
 
-    With `trusted_keys`, a signature by one of those node ids is required. Without, the envelope's
-    own key id is used: that proves the manifest is intact and who signed it, not that the signer is
-    a node you trust (the caller reports `key_id`).
+    With `trusted_keys` (node ids), the manifest must come from one of those nodes: signed by the node
+    id's key, or by a later key of that node that the manifest's key chain leads to. Without, the
+    origin it names is used: that proves the manifest is intact and who signed it, not that the
+    signer is a node you trust (the caller reports `node_id`).
     """
     if len(data) > MAX_ENVELOPE_BYTES:
         raise ManifestError(f"manifest: larger than {MAX_ENVELOPE_BYTES} bytes")
@@ -181,8 +190,6 @@ def open_manifest(data: bytes, *, trusted_keys: Sequence[str] | None = None) -> 
         if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) or not isinstance(entry.get("sig"), str):
             raise ManifestError("manifest: a signature entry needs keyid and sig")
         key_id = entry["keyid"]
-        if trusted_keys is not None and key_id not in trusted_keys:
-            continue
         try:
             public_key_from_node_id(key_id)
             sig = base64.b64decode(entry["sig"], validate=True)
@@ -192,9 +199,6 @@ def open_manifest(data: bytes, *, trusted_keys: Sequence[str] | None = None) -> 
             signer = key_id
             break
     if signer is None:
-        if trusted_keys is not None:
-            named = ", ".join(e.get("keyid", "?") for e in signatures if isinstance(e, dict))
-            raise ManifestError(f"manifest: not signed by {', '.join(trusted_keys)} (signed by {named})")
         raise ManifestError("manifest: the signature does not verify: the manifest was altered or its "
                             "payload type changed")
     if payload_type != PAYLOAD_TYPE:
@@ -217,10 +221,21 @@ def open_manifest(data: bytes, *, trusted_keys: Sequence[str] | None = None) -> 
     listed = {(s.get("name"), (s.get("digest") or {}).get("sha256")) for s in subjects or [] if isinstance(s, dict)}
     if listed != {(f.name, f.sha256) for f in files}:
         raise ManifestError("manifest: the subjects and the predicate's files disagree")
-    origin = (predicate.get("node") or {}).get("id") if isinstance(predicate.get("node"), dict) else None
-    if origin != signer:
+    node = predicate.get("node") if isinstance(predicate.get("node"), dict) else {}
+    origin = node.get("id")
+    chain = node.get("keyChain") or []
+    if not isinstance(origin, str) or not isinstance(chain, list):
+        raise ManifestError("manifest: the predicate names no origin node")
+    try:
+        keys = key_periods(origin, [rotation_from_json(r) for r in chain])
+    except KeyChainError as exc:
+        raise ManifestError(f"manifest: its key chain does not lead from {origin[:80]} to its key: {exc.detail}") from None
+    if keys[-1].key != signer:
         raise ManifestError(f"manifest: names {origin!r} as origin but is signed by {signer}")
-    return Manifest(key_id=signer, statement=statement, files=files, envelope=data)
+    if trusted_keys is not None and origin not in trusted_keys:
+        by = signer if signer == origin else f"{signer}, a key of {origin}"
+        raise ManifestError(f"manifest: not signed by {', '.join(trusted_keys)} (signed by {by})")
+    return Manifest(key_id=signer, statement=statement, files=files, envelope=data, node_id=origin, keys=keys)
 
 
 # -- checking files against a manifest ---------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from node.core.errors import AtriumError
-from node.core.jobs import JobCancelled, JobContext, JobKind, JobOutput, LeaseLost, check_blob_listed
+from node.core.jobs import (MAX_DETAIL_BYTES, MESSAGE_MAX, JobCancelled, JobContext, JobKind, JobOutput, LeaseLost,
+                            check_blob_listed)
 
 if TYPE_CHECKING:
     from node.core.jobs import Claim, Jobs
@@ -66,7 +68,7 @@ class AttemptContext(JobContext):
         was cancelled."""
         fraction = min(1.0, max(0.0, float(fraction)))
         with self._lock:
-            self.state = (fraction, str(message), detail)
+            self.state = (fraction, str(message)[:MESSAGE_MAX], _json_detail(detail))
         try:
             on_loop = asyncio.get_running_loop() is self._loop
         except RuntimeError:
@@ -167,6 +169,9 @@ async def run_attempt(kind: JobKind, ctx: AttemptContext, reporter: Reporter, he
             await reporter.complete(output)
         except LeaseLost:
             return "lost"
+        except AtriumError as exc:  # the node refused the output (a bad file name, a result not JSON, ...)
+            await reporter.fail(f"the run's output was refused: {_error_text(exc)}")
+            return "failed"
         return "succeeded"
     except LeaseLost:
         return "lost"
@@ -175,6 +180,17 @@ async def run_attempt(kind: JobKind, ctx: AttemptContext, reporter: Reporter, he
         with contextlib.suppress(asyncio.CancelledError):
             await beating
         await asyncio.to_thread(shutil.rmtree, ctx.workdir, True)
+
+
+def _json_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail as plain JSON (values it cannot hold become strings); dropped when it is too big, so a
+    plugin's progress report can never stop the heartbeats that keep its lease."""
+    if not detail:
+        return {}
+    text = json.dumps(detail, default=str)
+    if len(text) > MAX_DETAIL_BYTES:
+        return {"detail_dropped": f"{len(text)} bytes, more than {MAX_DETAIL_BYTES}"}
+    return json.loads(text)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -221,6 +237,22 @@ class LocalReporter:
         await self.jobs.release(self.job_id, self.lease)  # type: ignore[arg-type]
 
 
+class IdleWorker:
+    """A worker of this process waiting for work. `Jobs.submit` may hand it the job it queues, claimed in
+    the same transaction that inserts it (one database write instead of two between submit and start).
+    An idle worker found no pending job of its kinds when it last looked, so the hand-over jumps no queue
+    of this process; a job queued through another process just before may start just after."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handed: asyncio.Future[Claim | None] = asyncio.get_running_loop().create_future()
+
+    def give(self, claim: Claim | None) -> None:
+        """The claimed job (None: the submission failed; the worker looks for work again)."""
+        if not self.handed.done():
+            self.handed.set_result(claim)
+
+
 class LocalWorkers:
     """The node's in-process workers: `count` loops that claim jobs of the registered kinds. GPU kinds run
     one at a time per device (CUDA devices when torch sees any, else one "cpu" slot)."""
@@ -231,6 +263,16 @@ class LocalWorkers:
         self.cache: dict[str, Any] = {}
         self.free_devices: list[str] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._running: set[asyncio.Task[Any]] = set()  # workers inside an attempt (the rest are idle)
+        self._idle: list[IdleWorker] = []  # idle workers that take a job handed over by submit
+        self.stopping = False
+
+    def take_idle(self, kind: JobKind) -> IdleWorker | None:
+        """An idle worker for a job of `kind` that is being submitted, removed from the idle list: the
+        caller must `give` it the claim, or None. GPU kinds are never handed over (they wait for a device)."""
+        if self.stopping or kind.gpu or kind.name not in self.jobs.kinds or not self._idle:
+            return None
+        return self._idle.pop()
 
     async def start(self) -> None:
         if self.count == 0 or not self.jobs.kinds:
@@ -242,7 +284,10 @@ class LocalWorkers:
             self._tasks.append(asyncio.create_task(self._work(i), name=f"atrium-worker-{i}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Stop: idle workers end at once; a running attempt is interrupted and its job released."""
+        self.stopping = True
+        self.jobs.wake.set()
+        for task in self._running:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,7 +299,7 @@ class LocalWorkers:
         name = jobs.worker_name(f"local-{index}")
         cpu_kinds = [k.name for k in jobs.kinds.values() if not k.gpu]
         gpu_kinds = [k.name for k in jobs.kinds.values() if k.gpu]
-        while True:
+        while not self.stopping:
             # A GPU kind may be claimed only while a device is free; the device is held for its run.
             device = self.free_devices.pop(0) if gpu_kinds and self.free_devices else None
             ticket = jobs.wake.ticket()
@@ -272,25 +317,49 @@ class LocalWorkers:
                 self.free_devices.append(device)
                 device = None
             if claim is None:
-                await jobs.wake.wait(ticket, jobs.settings.poll_seconds)
-                continue
+                claim = await self._idle_until_work(name, ticket)
+                if claim is None:
+                    continue
             jobs.wake.discard(ticket)
+            if self.stopping:  # claimed while the node began to stop: hand it back untouched
+                await jobs.release(claim.job.id, claim.lease)  # type: ignore[arg-type]
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
             try:
                 await self._run(claim, name, device or "cpu")
             except asyncio.CancelledError:
+                if self.stopping:
+                    return
                 raise
             except Exception:
                 log.exception("job %s: the attempt could not be reported", claim.job.id)
             finally:
+                self._running.discard(task)
                 if device is not None:
                     self.free_devices.append(device)
                     jobs.wake.set()
+
+    async def _idle_until_work(self, name: str, ticket: asyncio.Future[None]) -> Claim | None:
+        """Wait for a wake-up (None: look for work again) or for a job handed over by submit."""
+        idle = IdleWorker(name)
+        self._idle.append(idle)
+        try:
+            await asyncio.wait({ticket, idle.handed}, timeout=self.jobs.settings.poll_seconds,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.jobs.wake.discard(ticket)
+        if idle in self._idle:  # nobody took it: not handed over
+            self._idle.remove(idle)
+            return None
+        return await idle.handed  # taken by a submission: its answer follows at once
 
     async def _run(self, claim: Claim, name: str, device: str) -> None:
         jobs = self.jobs
         job = claim.job
         kind = jobs.kinds[job.kind]
-        workdir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f".work-{job.id}-", dir=jobs.root))
+        workdir = Path(tempfile.mkdtemp(prefix=f".work-{job.id}-", dir=jobs.root))  # one mkdir: microseconds
         assert jobs.node is not None
         node = jobs.node
         ctx = AttemptContext(job_id=job.id, kind=job.kind, params=job.params, workdir=workdir,  # type: ignore[arg-type]

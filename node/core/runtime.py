@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node import __version__
+from node.core import keychain
 from node.core.accounts import Accounts
 from node.core.blobs import BlobStore
 from node.core.catalog import Catalog
@@ -113,6 +114,9 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             log.info("database schema at %s", status.current)
         else:
             await db.require_current_schema()
+        async with db.read_session() as session:  # a rotation interrupted before its key file moved
+            await keychain.complete_rotation(config.key_path, identity, session)
+        distribution.key_path = config.key_path  # it adopts rotations other processes commit
         blobs.prepare()
         node.ingest.scorer = await asyncio.to_thread(load_scorer, config.moderation)
         for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start

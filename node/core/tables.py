@@ -379,6 +379,11 @@ class LogHead(SQLModel, table=True):
     origin: str = Field(max_length=128, primary_key=True)
     seq: int = Field(default=0)
     entry_hash: str = Field(max_length=64)
+    # After a key rotation (node/core/keychain.py): the key that signs the origin's next entries (None:
+    # the key the origin's id stands for), and each retired key with the seq of the rotation that
+    # retired it, so a follower refuses entries a retired key signs later.
+    key_id: str | None = Field(default=None, max_length=128)
+    retired_keys: dict[str, int] | None = json_column()
 
 
 class Peer(SQLModel, table=True):
@@ -470,6 +475,7 @@ class Follower(SQLModel, table=True):
     node_id: str = Field(max_length=128, unique=True)
     url: str = Field(max_length=512)
     state: str = Field(default="approved", max_length=16)  # approved, pending, blocked
+    key_id: str | None = Field(default=None, max_length=128)  # its current key, once it rotated
     last_push_at: datetime | None = timestamp(nullable=True)
     last_error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = timestamp()

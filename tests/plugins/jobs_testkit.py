@@ -78,7 +78,8 @@ async def run_count(ctx: JobContext) -> JobOutput:
         await asyncio.to_thread(_count_steps, ctx, params["n"], params["delay"])
     else:
         for i in range(params["n"]):
-            ctx.progress(i / params["n"], f"step {i + 1} of {params['n']}", step=i + 1)
+            # A detail that is not JSON (here a set) reaches clients as text; it never stops the heartbeats.
+            ctx.progress(i / params["n"], f"step {i + 1} of {params['n']}", step=i + 1, odd={i % 2})
             await asyncio.sleep(params["delay"])
     ctx.progress(1.0, "counted")
     return JobOutput(result={"counted": params["n"], "device": ctx.device})
@@ -104,7 +105,7 @@ async def prepare_write(node: Any, user: Any, params: dict[str, Any]) -> dict[st
     for sha in blobs:
         if not isinstance(sha, str) or not node.blobs.exists(sha):
             raise InvalidInput(f"no blob {sha!r} on this node")
-    return {"text": str(params.get("text", "")), "blobs": blobs}
+    return {"text": str(params.get("text", "")), "blobs": blobs, "name": str(params.get("name", "out.txt"))}
 
 
 async def run_write(ctx: JobContext) -> JobOutput:
@@ -115,7 +116,7 @@ async def run_write(ctx: JobContext) -> JobOutput:
         blob = await ctx.fetch_blob(sha)
         data = Path(blob).read_bytes()
         result[sha] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    return JobOutput(result=result, files=[OutputFile("out.txt", path, "text/plain")])
+    return JobOutput(result=result, files=[OutputFile(ctx.params["name"], path, "text/plain")])
 
 
 async def run_fetch(ctx: JobContext) -> JobOutput:
