@@ -33,6 +33,7 @@ def attach(node: Any) -> Federation:
     peers = Peers(node.db, node.config.federation)
     followers = Followers(node.db, node.identity, node.config.federation, log)
     node.catalog.journals.append(log.journal)
+    node.reports.label_journals.append(log.journal_label)
     log.on_append.append(followers.push_soon)
     syncer = Syncer(node.db, log, peers, node.config.federation, public_url=node.config.public_url)
     mirroring = Mirroring(node.db, node.blobs, node.swarm, node.config.mirror, node.config.federation)

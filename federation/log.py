@@ -145,6 +145,12 @@ class FederationLog:
         await self.append(session, kind, {"model": await model_snapshot(session, self.node_name, model),
                                           "nodeName": self.node_name, "nodeUrl": self.node_url})
 
+    async def journal_label(self, session: AsyncSession, origin: str, model_id: int, level: int) -> None:
+        """A moderator relabelled a model (this node's or a followed node's): append a `label` entry.
+        The body has no `model` key, so followers never take it for a model's own description."""
+        await self.append(session, "label", {"target": {"origin": origin, "model": model_id}, "level": level,
+                                             "nodeName": self.node_name, "nodeUrl": self.node_url})
+
     async def append(self, session: AsyncSession, kind: str, body: dict[str, Any]) -> LogEntry:
         """Sign and add the next entry inside `session`'s transaction (the caller commits)."""
         head = await self._locked_head(session)

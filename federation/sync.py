@@ -36,6 +36,7 @@ from sqlmodel import col, select
 
 from federation import merkle
 from federation.httpsig import sign_request
+from federation.labels import apply_labels, store_labels
 from federation.log import FederationLog, SignedEntry
 from federation.peers import Peers, is_blocked, normalize_peer_url
 from federation.verify import Cursor, LogRejected, check_batch, parse_entry
@@ -295,6 +296,11 @@ class Syncer:
             files = [row for model in present for row in remote_file_rows(origin, model["remote_id"], model["versions"])]
             if files:
                 await bulk_insert(session, RemoteFile.__table__, files)  # type: ignore[attr-defined]
+            # Labels: those this batch carries, and trusted ones on the models it (re)describes.
+            labelled = await store_labels(session, origin, fields)
+            trusted = {self.own.node_id, *self.settings.trusted_labelers}
+            await apply_labels(session, trusted, [(origin, m["remote_id"]) for m in present]
+                               + (labelled if origin in trusted else []))
             await session.commit()
         log.info("applied %d entries of %s (now at %d)", len(rows), origin, rows[-1]["seq"])
         for callback in self.on_applied:

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 import federation
 from federation import mirroring_routes
 from federation import routes as federation_routes
-from node.api import accounts, catalog, civitai, distribution, files, jobs, ledger, node_routes, swarm, workers
+from node.api import accounts, catalog, civitai, distribution, files, jobs, ledger, moderation, node_routes, swarm, workers
 from node.api.auth import unguarded_routes
 from node.api.errors import error_middleware
 from node.api.keys import CONFIG, METRICS, NODE
@@ -101,6 +101,7 @@ def create_app(config: Config, *, migrate: bool = False, plugins: PluginHost | N
     app.add_routes(federation_routes.routes)
     app.add_routes(mirroring_routes.routes)
     app.add_routes(swarm.routes)
+    app.add_routes(moderation.routes)
     app.add_routes(jobs.routes)
     app.add_routes(workers.routes)
     app.add_routes(ledger.routes)

@@ -1018,6 +1018,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="AIR_OR_MODEL_ID")
     p.add_argument("--json", action="store_true", help="print the model and the version as JSON")
 
+    from node import cli_moderation
+
+    cli_moderation.add_commands(sub, common, remote)
+
     from node.cli_ledger import add_commands as add_ledger_commands  # here: node.cli_ledger imports node.cli
     add_ledger_commands(sub, common, remote)
 

@@ -29,11 +29,13 @@ def token_from_request(request: web.Request) -> str | None:
     return request.query.get("token") or None
 
 
-async def authorize(request: web.Request, role: Role = Role.MEMBER) -> User:
-    """The calling user, who must have at least `role`: 401 without valid credentials, 403 without the role."""
+async def authorize(request: web.Request, role: Role = Role.MEMBER, *, allow_disabled: bool = False) -> User:
+    """The calling user, who must have at least `role`: 401 without valid credentials, 403 without the role.
+    With `allow_disabled`, the token of a disabled (banned) account is accepted too."""
     user = request.get(USER)
     if user is None:
-        user = await request.app[NODE].accounts.authenticate(token_from_request(request))
+        user = await request.app[NODE].accounts.authenticate(token_from_request(request),
+                                                             allow_disabled=allow_disabled)
         request[USER] = user
     require_role(user, role)
     return user
@@ -53,13 +55,14 @@ def current_user(request: web.Request) -> User:
     return request[USER]
 
 
-def requires(role: Role = Role.MEMBER) -> Callable[[Handler], Handler]:
-    """Decorate a handler so it runs only for a caller with at least `role` (see `current_user`)."""
+def requires(role: Role = Role.MEMBER, *, allow_disabled: bool = False) -> Callable[[Handler], Handler]:
+    """Decorate a handler so it runs only for a caller with at least `role` (see `current_user`);
+    `allow_disabled` lets a disabled account in (the few routes a banned member keeps, to appeal)."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            await authorize(request, role)
+            await authorize(request, role, allow_disabled=allow_disabled)
             return await handler(request)
 
         setattr(wrapper, ACCESS_ATTR, f"role:{role.value}")

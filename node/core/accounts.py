@@ -236,8 +236,9 @@ class Accounts:
             await session.refresh(record)
         return IssuedToken(secret=secret, record=record)
 
-    async def authenticate(self, secret: str | None) -> User:
-        """The user a token belongs to; Unauthenticated when it is missing, unknown, expired or revoked."""
+    async def authenticate(self, secret: str | None, *, allow_disabled: bool = False) -> User:
+        """The user a token belongs to; Unauthenticated when it is missing, unknown, expired or revoked,
+        or its account is disabled (unless `allow_disabled`: a banned member appealing their ban)."""
         if not secret:
             raise Unauthenticated("this needs an API token: send `Authorization: Bearer <token>` "
                                   "or `?token=<token>`")
@@ -255,7 +256,7 @@ class Accounts:
             raise Unauthenticated("the API token was revoked")
         if token.expires_at is not None and token.expires_at <= now:
             raise Unauthenticated("the API token has expired")
-        if user.disabled:
+        if user.disabled and not allow_disabled:
             raise Unauthenticated("this account is disabled")
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
             async with self.db.session() as session:

@@ -180,6 +180,10 @@ class Catalog:
     node_name: str
     journals: list[CatalogJournal] = field(default_factory=list)
 
+    async def journal(self, session: AsyncSession, kind: str, model: Model) -> None:
+        """Hand a change to `model` (made in `session`, not yet committed) to the journals."""
+        await self._journal(session, kind, model)
+
     async def _journal(self, session: AsyncSession, kind: str, model: Model) -> None:
         if model.published_at is None:  # never public: nothing to tell
             return
@@ -234,6 +238,11 @@ class Catalog:
     async def update_model(self, user: User, model_id: int, changes: ModelChanges) -> Model:
         async with self.db.session() as session:
             model = await self._model(session, model_id, user, edit=True)
+            if model.level_locked and changes.nsfw_level is not None and changes.nsfw_level != model.nsfw_level:
+                # Only a recorded moderator action changes a locked level (node/core/reports.py).
+                raise Conflict(f"nsfw_level: a moderator locked model {model_id}'s content level; the owner "
+                               "may appeal the moderator's action (`atrium appeal`), moderators change it "
+                               "with `atrium moderation action`", code="level_locked")
             changes.apply(model)
             model.updated_at = utcnow()
             if changes.tags is not None:

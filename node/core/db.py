@@ -23,7 +23,7 @@ from node.core.errors import ConfigError, SchemaOutOfDate
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration. Kept here so that starting a node need not import Alembic (a quarter of a
 # second); tests/test_migrations.py fails when it is not Alembic's head.
-SCHEMA_HEAD = "0016"
+SCHEMA_HEAD = "0017"
 VERSION_TABLE = "alembic_version"
 # Indexes that only migrations create: the tsvector's, and those of migration 0003 (an expression
 # index cannot be declared on a table class).

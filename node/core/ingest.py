@@ -96,6 +96,7 @@ class Ingest:
         self.storage = storage
         self.parts_dir = blobs.root / "uploads"
         self._live: dict[str, _LiveUpload] = {}
+        self.scorer: Any = None  # node.core.scoring.ImageScorer when [moderation] image_scorer is set
 
     def part_path(self, upload_id: str) -> Path:
         return self.parts_dir / f"{upload_id}.part"
@@ -324,6 +325,8 @@ class Ingest:
             await self.catalog.editable_version(user, version_id)
         info: ImageInfo = await asyncio.to_thread(inspect_image, data, max_bytes=self.storage.max_image_bytes,
                                                   max_pixels=self.storage.max_image_pixels)
+        if self.scorer is not None:
+            level = await asyncio.to_thread(self.scorer.level, data, level)
         thumb_sha = await asyncio.to_thread(self._store_image, data, info)
         meta = info.generation.to_civitai_meta() if info.generation else None
         async with self.db.session() as session:

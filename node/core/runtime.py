@@ -24,6 +24,8 @@ from node.core.ingest import Ingest
 from node.core.jobs import Jobs, collect_kinds
 from node.core.ledger import Ledger
 from node.core.plugins import PluginHost
+from node.core.reports import Reports
+from node.core.scoring import load_scorer
 from node.core.swarm import Swarm, clean_fetch_dirs
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Node:
     ingest: Ingest
     distribution: Distribution
     swarm: Swarm
+    reports: Reports
     ledger: Ledger
     federation: Any = None  # federation.FederationLog, attached by the delivery layer (node/app.py, cli)
     jobs: Jobs = None  # type: ignore[assignment]  # set by open_node
@@ -102,6 +105,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
     node = Node(config=config, identity=identity, db=db, accounts=Accounts(db, config.accounts), plugins=plugins,
                 blobs=blobs, catalog=catalog, ingest=Ingest(db, blobs, catalog, config.storage),
                 distribution=distribution, swarm=Swarm(config.swarm, blobs, config.swarm_path, distribution),
+                reports=Reports(db, catalog, identity.node_id, config.moderation.reports_per_hour),
                 ledger=Ledger(db, config.ledger), jobs=Jobs(db, config, kinds))
     node.jobs.node = node
     try:
@@ -114,6 +118,7 @@ async def open_node(config: Config, *, migrate: bool = False, plugins: PluginHos
             await keychain.complete_rotation(config.key_path, identity, session)
         distribution.key_path = config.key_path  # it adopts rotations other processes commit
         blobs.prepare()
+        node.ingest.scorer = await asyncio.to_thread(load_scorer, config.moderation)
         for extension in attach:  # parts outside node/core (the federation log) hook in before plugins start
             extension(node)
         for name in plugins.loaded:

@@ -126,6 +126,8 @@ class Model(SQLModel, table=True):
     status: str = Field(default="Draft", max_length=16, index=True)
     mode: str | None = Field(default=None, max_length=16)
     nsfw_level: int = Field(default=1)
+    # Set by a moderator (node/core/reports.py): the owner can no longer change nsfw_level.
+    level_locked: bool = Field(default=False)
     allow_no_credit: bool = Field(default=True)
     allow_commercial_use: list[str] = json_column(lambda: ["Sell"])
     allow_derivatives: bool = Field(default=True)
@@ -229,6 +231,7 @@ class Image(SQLModel, table=True):
     height: int
     size: int
     nsfw_level: int = Field(default=1)
+    level_locked: bool = Field(default=False)  # set by a moderator, as on models
     meta: dict[str, Any] | None = json_column()
     created_at: datetime = timestamp(index=True)
     like_count: int = Field(default=0)
@@ -504,6 +507,84 @@ class UserPreference(SQLModel, table=True):
 
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE", primary_key=True)
     browsing_level: int = Field(default=1)
+
+
+# -- moderation ------------------------------------------------------------------------------------
+
+
+class Report(SQLModel, table=True):
+    """A member's report of a model, version, image or user, waiting in (or done with) the moderator queue."""
+
+    __tablename__ = "reports"
+    __table_args__ = (sa.Index("ix_reports_target", "target_kind", "target_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    reporter_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    target_kind: str = Field(max_length=8)  # model, version, image, user
+    target_id: int
+    reason: str = Field(max_length=16)  # TOSViolation, NSFW, Ownership, Spam
+    details: str = Field(default="", sa_type=sa.Text)
+    claimant_name: str | None = Field(default=None, max_length=255)  # Ownership claims only
+    claimant_email: str | None = Field(default=None, max_length=254)
+    evidence: str | None = Field(default=None, sa_type=sa.Text)
+    status: str = Field(default="open", max_length=16, index=True)  # open, actioned, dismissed
+    # "reporter:kind:id" while open, NULL once resolved: one open report per reporter and target.
+    open_key: str | None = Field(default=None, max_length=64, unique=True)
+    created_at: datetime = timestamp(index=True)
+    resolved_at: datetime | None = timestamp(nullable=True)
+
+
+class ModAction(SQLModel, table=True):
+    """One thing a moderator did, recorded for good (rows are only ever added)."""
+
+    __tablename__ = "mod_actions"
+    __table_args__ = (sa.Index("ix_mod_actions_target", "target_kind", "target_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    moderator_id: int | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    target_kind: str = Field(max_length=8)  # model, image, user, report, remote
+    target_id: int
+    target_origin: str | None = Field(default=None, max_length=128)  # remote models: their origin node
+    action: str = Field(max_length=16)
+    level: int | None = Field(default=None)
+    reason: str = Field(default="", sa_type=sa.Text)
+    report_ids: list[int] = json_column(list)
+    # The state before the action (level, lock, status, mode, models a ban unpublished): what a granted
+    # appeal puts back.
+    previous: dict[str, Any] | None = json_column()
+    appeal_id: int | None = Field(default=None)  # set on the action that granted an appeal
+    created_at: datetime = timestamp(index=True)
+
+
+class Appeal(SQLModel, table=True):
+    """An owner's appeal against a moderator action; a moderator grants (reverts it) or denies it."""
+
+    __tablename__ = "appeals"
+
+    id: int | None = Field(default=None, primary_key=True)
+    action_id: int = Field(foreign_key="mod_actions.id", ondelete="CASCADE", unique=True)
+    appellant_id: int = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    text: str = Field(sa_type=sa.Text)
+    status: str = Field(default="open", max_length=16, index=True)  # open, granted, denied
+    decided_by: int | None = Field(default=None, foreign_key="users.id", ondelete="SET NULL")
+    decision: str = Field(default="", sa_type=sa.Text)
+    created_at: datetime = timestamp()
+    decided_at: datetime | None = timestamp(nullable=True)
+
+
+class ContentLabel(SQLModel, table=True):
+    """A content level a node (the labeler) put on a model of some origin, from its signed `label`
+    log entry (or this node's own moderators); which labels count is decided by trust
+    (`[federation] trusted_labelers`, federation/labels.py)."""
+
+    __tablename__ = "content_labels"
+
+    labeler: str = Field(max_length=128, primary_key=True)
+    origin: str = Field(max_length=128, primary_key=True)
+    model_id: int = Field(primary_key=True)
+    level: int
+    seq: int = Field(default=0)  # the labeler's log entry
+    created_at: datetime = timestamp()
 
 
 # -- jobs ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from node.api.keys import NODE
 from node.core.sessions import BrowserSessions
-from node.web import account, admin, pages, publish
+from node.web import account, admin, moderation, pages, publish
 from node.web.assets import STATIC_PREFIX, Assets
 from node.web.sessions import ERROR_RENDERER, SESSIONS, web_middleware
 from node.web.templating import render, setup
@@ -43,5 +43,5 @@ def add_web(app: web.Application, assets: Assets | None = None) -> None:
 
     app.cleanup_ctx.append(sessions_context)
     app.router.add_get(STATIC_PREFIX + "{name}", assets.handler)
-    for table in (pages.routes, account.routes, publish.routes, admin.routes):
+    for table in (pages.routes, account.routes, publish.routes, admin.routes, moderation.routes):
         app.add_routes(table)
