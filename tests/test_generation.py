@@ -20,6 +20,7 @@ import plugins.generation as generation_plugin
 from node.app import create_app
 from node.core.catalog import VersionChanges, version_air
 from node.core.config import Config
+from node.core.db import Database
 from node.core.hookspecs import hookimpl
 from node.core.imagemeta import parse_a1111
 from node.core.moderation import GenerationAdapter, ImageLabel, Violation
@@ -117,6 +118,22 @@ async def gen(config: Config, aiohttp_client: Any, world: World) -> tuple[Catalo
     """The app with the generation plugin and a recording moderation plugin, on each database, with a
     tiny checkpoint and two LoRAs (kohya and diffusers format) published, and an SDXL LoRA."""
     return await make_gen(config, aiohttp_client, world)
+
+
+@pytest.fixture
+async def sqlite_migrated(sqlite_config: Config) -> Config:
+    db = Database.from_config(sqlite_config)
+    try:
+        await db.upgrade()
+    finally:
+        await db.close()
+    return sqlite_config
+
+
+@pytest.fixture
+async def gen_sqlite(sqlite_migrated: Config, aiohttp_client: Any, world: World) -> tuple[Catalog, Recorder]:
+    """`gen` on SQLite only, for tests whose subject does not touch the database."""
+    return await make_gen(sqlite_migrated, aiohttp_client, world)
 
 
 async def make_gen(config: Config, aiohttp_client: Any, world: World) -> tuple[Catalog, Recorder]:
@@ -291,11 +308,9 @@ async def _put_blob(node: Any, data: bytes) -> str:
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "UniPC"])
-async def test_samplers_by_their_a1111_names_are_recorded_and_reproducible(gen: Any, sampler: str,
-                                                                            database_url: str) -> None:
-    if not database_url.startswith("sqlite"):
-        pytest.skip("sampler behaviour does not depend on the database; PostgreSQL is covered by the others")
-    cat, _ = gen
+async def test_samplers_by_their_a1111_names_are_recorded_and_reproducible(gen_sqlite: Any, sampler: str) -> None:
+    # Sampler behaviour does not depend on the database: SQLite only (the other tests run on both).
+    cat, _ = gen_sqlite
     body = {"model": cat.checkpoint, "prompt": "five", "steps": STEPS, "seed": 77, "sampler": sampler.lower()}
     first, second = await submit(cat, body), await submit(cat, body)
     assert first["status"] == "succeeded", first
@@ -389,14 +404,14 @@ async def test_a_cancelled_generation_stops_between_steps_and_the_pipeline_serve
     assert after["status"] == "succeeded", after
 
 
-async def test_a_remote_worker_generates_what_the_node_prepared(config: Config, aiohttp_client: Any, world: World,
-                                                                database_url: str) -> None:
+async def test_a_remote_worker_generates_what_the_node_prepared(sqlite_migrated: Config, aiohttp_client: Any,
+                                                                world: World) -> None:
+    # The worker talks HTTP only; the node's database is covered by the other tests: SQLite only.
     import asyncio
     import subprocess
     import sys
 
-    if not database_url.startswith("sqlite"):
-        pytest.skip("the worker talks HTTP only; the node's database is covered by the other tests")
+    config = sqlite_migrated
     config.jobs.workers = 0  # only the remote worker runs jobs
     cat, _ = await make_gen(config, aiohttp_client, world)
     issued = await cat.api.node.jobs.worker_tokens.add("cpu-box")
