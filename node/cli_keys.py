@@ -9,12 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from node.core.db import Database
 from node.core.identity import load_identity
 from node.core.keychain import (complete_rotation, key_periods, logged_rotations, pending_path, rotation_json,
                                 write_pending)
+
+
+@asynccontextmanager
+async def _keyed_database(config: Any, identity: Any) -> AsyncIterator[Database]:
+    """The node's database, schema checked, with a rotation an earlier command left cut short completed."""
+    db = Database.from_config(config)
+    try:
+        await db.require_current_schema()
+        async with db.read_session() as session:
+            await complete_rotation(config.key_path, identity, session)
+        yield db
+    finally:
+        await db.close()
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -29,11 +44,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     identity = load_identity(config.key_path)
 
     async def run() -> int:
-        db = Database.from_config(config)
-        try:
-            await db.require_current_schema()
-            async with db.read_session() as session:
-                await complete_rotation(config.key_path, identity, session)  # an earlier one cut short
+        async with _keyed_database(config, identity) as db:
             old = identity.key_id
             new_key = Ed25519PrivateKey.generate()
             write_pending(config.key_path, new_key)  # before the commit: a crash after it finds the key here
@@ -42,8 +53,6 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
                 entry, rotations = await log.rotate(session, new_key)
                 await session.commit()
             finish_rotation(config.key_path, identity, new_key, rotations)
-        finally:
-            await db.close()
         out(f"node {identity.node_id} (its id does not change)")
         out(f"  retired:  {old} (signs entries up to {entry.seq}, the rotation itself)")
         out(f"  current:  {identity.key_id} (signs from entry {entry.seq + 1} on)")
@@ -63,14 +72,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     identity = load_identity(config.key_path)
 
     async def run() -> int:
-        db = Database.from_config(config)
-        try:
-            await db.require_current_schema()
-            async with db.read_session() as session:
-                await complete_rotation(config.key_path, identity, session)
-                rotations = await logged_rotations(session, identity.node_id)
-        finally:
-            await db.close()
+        async with _keyed_database(config, identity) as db, db.read_session() as session:
+            rotations = await logged_rotations(session, identity.node_id)
         periods = key_periods(identity.node_id, rotations or list(identity.rotations))
         pending = pending_path(config.key_path)
         if args.json:

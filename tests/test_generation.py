@@ -437,8 +437,7 @@ async def test_a_remote_worker_generates_what_the_node_prepared(sqlite_migrated:
 
 async def test_the_digits_model_draws_the_digit_the_prompt_asks_for_through_the_node(gen: Any) -> None:
     """The real digits world through the whole node (route, job, pipeline, PNG): its classifier reads the
-    digit each prompt asks for. Without the world (a stand-in of random weights) this proves nothing."""
-    pytest.importorskip("worlds.digits.judge", reason="the digits world is not in this checkout")
+    digit each prompt asks for."""
     from PIL import Image as PILImage
 
     from worlds.digits.judge import classify

@@ -169,10 +169,6 @@ async def test_the_plugin_refuses_to_start_with_a_bad_pattern(tmp_path: Any) -> 
 
 
 async def test_the_check_prompt_hook_answers_violations_naming_the_rule() -> None:
-    from node.core import hookspecs
-
-    if not hasattr(hookspecs, "atrium_check_prompt"):
-        pytest.skip("the atrium_check_prompt hook arrives with the generation plugin (branch gen)")
     from node.core.moderation import CheckContext, Violation
     from node.core.plugins import PluginHost
 
@@ -199,10 +195,6 @@ async def test_the_check_prompt_hook_answers_violations_naming_the_rule() -> Non
 
 async def test_the_check_image_hook_labels_generated_images_and_refuses_levels_above_the_cap(
         tmp_path: Any) -> None:
-    from node.core import hookspecs
-
-    if not hasattr(hookspecs, "atrium_check_image"):
-        pytest.skip("the atrium_check_image hook arrives with the generation plugin (branch gen)")
     from PIL import Image as PILImage
 
     from node.core.config import ModerationSection

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import case, func, literal, update
 from sqlmodel import col, select
@@ -110,7 +110,7 @@ class JobOutput:
     files: list[OutputFile] = field(default_factory=list)
 
 
-class JobContext:
+class JobContext(Protocol):
     """What a run gets, one per attempt; the in-process runner and the remote worker each implement it."""
 
     job_id: int
@@ -123,15 +123,12 @@ class JobContext:
     def progress(self, fraction: float, message: str = "", **detail: Any) -> None:
         """Thread-safe, synchronous: records progress 0..1 for clients; raises JobCancelled once the job
         was cancelled."""
-        raise NotImplementedError
 
     def cancelled(self) -> bool:
         """True once the job was cancelled (or this attempt must stop)."""
-        raise NotImplementedError
 
     async def fetch_blob(self, sha256: str) -> Path:
         """A local, readable path to the blob with this SHA-256; only blobs listed in params["blobs"]."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)

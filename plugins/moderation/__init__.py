@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from node.core import hookspecs
 from node.core.hookspecs import hookimpl
+from node.core.moderation import ImageLabel, Violation
 from node.core.plugins import require_modules
 
 require_modules("moderation")
@@ -40,32 +40,24 @@ def requested_level(context: Any) -> Any:
     return request.get("nsfw_level", request.get("nsfwLevel"))
 
 
-# The check hooks arrive with the generation plugin's hookspecs; until a node has them, the audit is
-# validated at startup and available as functions (plugins/moderation/audit.py).
-if hasattr(hookspecs, "atrium_check_prompt"):
-    @hookimpl
-    async def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
-        """The prompt's audit violations (the negative prompt names what to avoid: not audited)."""
-        from node.core.moderation import Violation
-
-        found = await asyncio.to_thread(check_prompt, policy, prompt, requested_level(context))
-        return [Violation(rule=v.rule, message=v.message) for v in found]
+@hookimpl
+async def atrium_check_prompt(prompt: str, negative: str, context: Any) -> Any:
+    """The prompt's audit violations (the negative prompt names what to avoid: not audited)."""
+    found = await asyncio.to_thread(check_prompt, policy, prompt, requested_level(context))
+    return [Violation(rule=v.rule, message=v.message) for v in found]
 
 
-if hasattr(hookspecs, "atrium_check_image"):
-    @hookimpl
-    async def atrium_check_image(image: Any, metadata: dict[str, Any], context: Any) -> Any:
-        """With an image scorer: the generated image's score as a label, and a violation when the level
-        it scores at is above `max_generation_level` (the image is discarded)."""
-        from node.core.moderation import ImageLabel, Violation
-
-        if scorer is None:
-            return []
-        score = await asyncio.to_thread(scorer.score, image)
-        level = scorer.level_for(score)
-        found: list[Any] = [ImageLabel("nsfw", round(score, 4))]
-        over = policy.check_level(level)
-        if over is not None:
-            found.append(Violation(rule=over.rule, message=f"the generated image scores as {over.term} "
-                                   f"(nsfw {score:.2f}); {over.message.split('; ')[0]}"))
-        return found
+@hookimpl
+async def atrium_check_image(image: Any, metadata: dict[str, Any], context: Any) -> Any:
+    """With an image scorer: the generated image's score as a label, and a violation when the level
+    it scores at is above `max_generation_level` (the image is discarded)."""
+    if scorer is None:
+        return []
+    score = await asyncio.to_thread(scorer.score, image)
+    level = scorer.level_for(score)
+    found: list[Any] = [ImageLabel("nsfw", round(score, 4))]
+    over = policy.check_level(level)
+    if over is not None:
+        found.append(Violation(rule=over.rule, message=f"the generated image scores as {over.term} "
+                               f"(nsfw {score:.2f}); {over.message.split('; ')[0]}"))
+    return found
